@@ -1,0 +1,3 @@
+from reverb_py.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""`reverb-py`: the command line. Builds Settings from flags, environment and files, then runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from reverb_py import __version__, logs
+from reverb_py.config import ConfigError, Settings, load_settings
+from reverb_py.server import Server, raise_fd_limit
+
+logger = logging.getLogger("reverb_py")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="reverb-py")
+def main() -> None:
+    """A Pusher Channels protocol server: a drop-in replacement for Laravel Reverb."""
+
+
+def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> Settings:
+    try:
+        return load_settings(
+            flags=options, environ=os.environ, config_file=config, env_file=env_file
+        )
+    except ConfigError as exc:
+        click.echo(f"reverb-py: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--host", help="Address to bind (REVERB_SERVER_HOST, default 0.0.0.0).")
+@click.option("--port", type=int, help="Port to bind (REVERB_SERVER_PORT, default 8080).")
+@click.option("--path", help="Path prefix for every route (REVERB_SERVER_PATH).")
+@click.option("--hostname", help="Public hostname clients use (REVERB_HOST).")
+@click.option("--debug", is_flag=True, default=None, help="Log every frame.")
+@click.option("--config", "config_file", type=click.Path(), help="TOML file (several apps).")
+@click.option("--env-file", type=click.Path(), help="A Laravel .env file to read.")
+@click.option("--drain-seconds", type=int, help="Graceful drain window (REVERB_DRAIN_SECONDS).")
+@click.option("--tls-cert", help="PEM certificate: serve wss:// and https:// (REVERB_TLS_CERT).")
+@click.option("--tls-key", help="PEM private key for --tls-cert (REVERB_TLS_KEY).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log format (REVERB_LOG_FORMAT, default text).",
+)
+def start(config_file: str | None, env_file: str | None, **options: Any) -> None:
+    """Start the server."""
+    settings = _load(options, config_file, env_file)
+    logs.configure(settings.log_format, settings.debug)
+    if settings.generated_app:
+        app = settings.apps[0]
+        click.echo(
+            "No app configured: serving a development app with fresh credentials\n"
+            f"  REVERB_APP_ID={app.id}\n  REVERB_APP_KEY={app.key}\n"
+            f"  REVERB_APP_SECRET={app.secret}\n"
+            "Put these in your Laravel .env (and restart with --env-file) to keep them.",
+            err=True,
+        )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        uvloop = None
+    runner = uvloop.run if uvloop is not None else asyncio.run
+    fds = raise_fd_limit()
+    try:
+        runner(_serve(settings, fds))
+    except OSError as exc:
+        click.echo(f"reverb-py: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _serve(settings: Settings, fds: int) -> None:
+    server = Server(settings)
+    await server.start()
+    scheme = "https/wss" if settings.tls_cert else "http/ws"
+    logger.info(
+        "reverb-py %s listening on %s:%d (%s) path=%r apps=%s scaling=%s fd_limit=%d",
+        __version__,
+        settings.host,
+        server.port,
+        scheme,
+        settings.path or "/",
+        ",".join(app.id for app in settings.apps),
+        "redis" if settings.scaling_enabled else "off",
+        fds,
+    )
+    await server.run_until_signalled()

@@ -1,0 +1,433 @@
+"""Settings and apps, loaded from flags, the environment, a Laravel `.env` and a TOML file.
+
+Precedence is flags > process environment > `.env` file > TOML file > defaults, so that a
+Laravel deployment's existing `.env` works unchanged and a flag always wins. Every invalid value
+stops start-up with a `ConfigError` whose message names the setting, never a traceback.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import orjson
+from dotenv import dotenv_values
+
+ClientEventsFrom = Literal["all", "members", "none"]
+LogFormat = Literal["text", "json"]
+
+
+class ConfigError(ValueError):
+    """An invalid or missing setting; the message names the setting and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One webhook target of an app (Pusher's format, as soketi and Pusher accept it)."""
+
+    url: str
+    event_types: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    channel_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """One Pusher application: its credentials and the limits enforced for it.
+
+    Defaults follow Pusher's published limits where Pusher has one and Reverb's where it is
+    Reverb-specific (ping interval, activity timeout, message size).
+    """
+
+    id: str
+    key: str
+    secret: str
+    ping_interval: float = 60.0
+    activity_timeout: int = 30
+    pong_timeout: float = 30.0
+    max_connections: int | None = None
+    max_message_size: int = 10_000
+    accept_client_events_from: ClientEventsFrom = "members"
+    allowed_origins: tuple[str, ...] = ("*",)
+    allow_missing_origin: bool = True
+    max_event_data_size: int = 10_240
+    max_event_channels: int = 100
+    max_batch_size: int = 10
+    max_event_name_length: int = 200
+    max_channel_name_length: int = 164
+    max_presence_members: int = 100
+    max_presence_user_info_size: int = 1_024
+    max_user_id_length: int = 128
+    client_event_rate_limit: int = 10
+    cache_ttl: float = 1_800.0
+    subscription_count: bool = False
+    watchlist_events: bool = False
+    webhooks: tuple[Webhook, ...] = ()
+
+    def __repr__(self) -> str:  # never show the secret, even in a debugger or a traceback
+        return f"App(id={self.id!r}, key={self.key!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+
+    def __repr__(self) -> str:
+        return "RedisSettings(url=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    path: str = ""
+    hostname: str | None = None
+    debug: bool = False
+    max_request_size: int = 262_144
+    max_header_size: int = 16_384
+    write_buffer_limit: int = 1_048_576
+    scaling_enabled: bool = False
+    scaling_channel: str = "reverb"
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    drain_seconds: float = 10.0
+    metrics_enabled: bool = False
+    metrics_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_format: LogFormat = "text"
+    max_connections_per_ip_per_second: int = 0
+    apps: tuple[App, ...] = ()
+    generated_app: bool = False
+
+    def app_by_key(self) -> dict[str, App]:
+        return {app.key: app for app in self.apps}
+
+    def app_by_id(self) -> dict[str, App]:
+        return {app.id: app for app in self.apps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsing: each parser gets the setting's name so that its error can name it.
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _to_int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = f" and {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name}: must be at least {minimum}{upper}, got {number}")
+    return number
+
+
+def _to_positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else value
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {number}")
+    return float(number)
+
+
+def _to_optional_int(name: str, value: Any) -> int | None:
+    if value is None or str(value).strip() in ("", "null", "none"):
+        return None
+    return _to_int(name, value, minimum=1)
+
+
+def _to_str(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ConfigError(f"{name}: must not be empty")
+    return text
+
+
+def _to_client_events(name: str, value: Any) -> ClientEventsFrom:
+    text = str(value).strip().lower()
+    if text not in ("all", "members", "none"):
+        raise ConfigError(f"{name}: expected all, members or none, got {value!r}")
+    return text  # type: ignore[return-value]
+
+
+def _to_origins(name: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    origins = tuple(str(item).strip() for item in items if str(item).strip())
+    if not origins:
+        raise ConfigError(f"{name}: needs at least one host pattern (use * to allow all)")
+    return origins
+
+
+def _to_path(name: str, value: Any) -> str:
+    text = str(value).strip().strip("/")
+    if any(char.isspace() or char in "?#" for char in text):
+        raise ConfigError(f"{name}: not a valid URL path prefix: {value!r}")
+    return f"/{text}" if text else ""
+
+
+def _to_log_format(name: str, value: Any) -> LogFormat:
+    text = str(value).strip().lower()
+    if text not in ("text", "json"):
+        raise ConfigError(f"{name}: expected text or json, got {value!r}")
+    return text  # type: ignore[return-value]
+
+
+def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value) if value.strip() else []
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"{name}: expected a JSON list of webhooks") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: expected a list of webhooks")
+    hooks = []
+    for index, item in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ConfigError(f"{where}: each webhook needs a url")
+        url = item["url"]
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.url: must start with http:// or https://")
+        event_types = item.get("event_types", [])
+        headers = item.get("headers", {})
+        flt = item.get("filter") or {}
+        if not isinstance(event_types, list) or not isinstance(headers, dict):
+            raise ConfigError(f"{where}: event_types must be a list and headers an object")
+        hooks.append(
+            Webhook(
+                url=url,
+                event_types=tuple(str(kind) for kind in event_types),
+                headers=tuple((str(k), str(v)) for k, v in headers.items()),
+                channel_prefix=flt.get("channel_name_starts_with"),
+            )
+        )
+    return tuple(hooks)
+
+
+# Per-app settings: TOML key -> (environment variable for the single env-defined app, parser).
+_APP_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "ping_interval": ("REVERB_APP_PING_INTERVAL", _to_positive_float),
+    "activity_timeout": ("REVERB_APP_ACTIVITY_TIMEOUT", lambda n, v: _to_int(n, v, minimum=1)),
+    "pong_timeout": ("REVERB_APP_PONG_TIMEOUT", _to_positive_float),
+    "max_connections": ("REVERB_APP_MAX_CONNECTIONS", _to_optional_int),
+    "max_message_size": ("REVERB_APP_MAX_MESSAGE_SIZE", lambda n, v: _to_int(n, v, minimum=64)),
+    "accept_client_events_from": ("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM", _to_client_events),
+    "allowed_origins": ("REVERB_APP_ALLOWED_ORIGINS", _to_origins),
+    "allow_missing_origin": ("REVERB_APP_ALLOW_MISSING_ORIGIN", _to_bool),
+    "max_event_data_size": ("REVERB_APP_MAX_EVENT_DATA_SIZE", lambda n, v: _to_int(n, v, 1)),
+    "max_event_channels": ("REVERB_APP_MAX_EVENT_CHANNELS", lambda n, v: _to_int(n, v, 1)),
+    "max_batch_size": ("REVERB_APP_MAX_BATCH_SIZE", lambda n, v: _to_int(n, v, 1)),
+    "max_event_name_length": ("REVERB_APP_MAX_EVENT_NAME_LENGTH", lambda n, v: _to_int(n, v, 1)),
+    "max_channel_name_length": (
+        "REVERB_APP_MAX_CHANNEL_NAME_LENGTH",
+        lambda n, v: _to_int(n, v, 1),
+    ),
+    "max_presence_members": ("REVERB_APP_MAX_PRESENCE_MEMBERS", lambda n, v: _to_int(n, v, 1)),
+    "max_presence_user_info_size": (
+        "REVERB_APP_MAX_PRESENCE_USER_INFO_SIZE",
+        lambda n, v: _to_int(n, v, 1),
+    ),
+    "max_user_id_length": ("REVERB_APP_MAX_USER_ID_LENGTH", lambda n, v: _to_int(n, v, 1)),
+    "client_event_rate_limit": (
+        "REVERB_APP_CLIENT_EVENT_RATE_LIMIT",
+        lambda n, v: _to_int(n, v, 0),
+    ),
+    "cache_ttl": ("REVERB_APP_CACHE_TTL", _to_positive_float),
+    "subscription_count": ("REVERB_APP_SUBSCRIPTION_COUNT", _to_bool),
+    "watchlist_events": ("REVERB_APP_WATCHLIST_EVENTS", _to_bool),
+    "webhooks": ("REVERB_APP_WEBHOOKS", _to_webhooks),
+}
+
+# Server settings: field -> (environment variable, parser). Flags use the field names.
+_SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "host": ("REVERB_SERVER_HOST", _to_str),
+    "port": ("REVERB_SERVER_PORT", lambda n, v: _to_int(n, v, 0, 65535)),
+    "path": ("REVERB_SERVER_PATH", _to_path),
+    "hostname": ("REVERB_HOST", _to_str),
+    "max_request_size": ("REVERB_MAX_REQUEST_SIZE", lambda n, v: _to_int(n, v, 1024)),
+    "write_buffer_limit": ("REVERB_WRITE_BUFFER_LIMIT", lambda n, v: _to_int(n, v, 16_384)),
+    "scaling_enabled": ("REVERB_SCALING_ENABLED", _to_bool),
+    "scaling_channel": ("REVERB_SCALING_CHANNEL", _to_str),
+    "drain_seconds": ("REVERB_DRAIN_SECONDS", lambda n, v: float(_to_int(n, v, 0))),
+    "metrics_enabled": ("REVERB_METRICS_ENABLED", _to_bool),
+    "metrics_port": ("REVERB_METRICS_PORT", lambda n, v: _to_int(n, v, 1, 65535)),
+    "tls_cert": ("REVERB_TLS_CERT", _to_str),
+    "tls_key": ("REVERB_TLS_KEY", _to_str),
+    "log_format": ("REVERB_LOG_FORMAT", _to_log_format),
+    "max_connections_per_ip_per_second": (
+        "REVERB_MAX_CONNECTIONS_PER_IP_PER_SECOND",
+        lambda n, v: _to_int(n, v, 0),
+    ),
+}
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    """Laravel's Redis connection settings as one URL (REDIS_URL wins, as in Laravel)."""
+    if env.get("REDIS_URL"):
+        url = env["REDIS_URL"]
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
+        return url
+    scheme = "rediss" if env.get("REDIS_SCHEME", "").lower() in ("tls", "rediss") else "redis"
+    host = env.get("REDIS_HOST") or "127.0.0.1"
+    port = _to_int("REDIS_PORT", env.get("REDIS_PORT") or 6379, 1, 65535)
+    database = _to_int("REDIS_DB", env.get("REDIS_DB") or 0, 0)
+    user = env.get("REDIS_USERNAME") or ""
+    password = env.get("REDIS_PASSWORD") or ""
+    if password.lower() == "null":  # Laravel's .env spells "no password" as null
+        password = ""
+    credentials = ""
+    if user or password:
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    return f"{scheme}://{credentials}{host}:{port}/{database}"
+
+
+def _app_from_mapping(where: str, raw: Mapping[str, Any]) -> App:
+    """Build one app from a TOML table (snake_case keys, like Reverb's config/reverb.php)."""
+    known = {f.name for f in fields(App)}
+    unknown = set(raw) - known - {"app_id"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    app_id = raw.get("id", raw.get("app_id"))
+    if app_id is None or "key" not in raw or "secret" not in raw:
+        raise ConfigError(f"{where}: every app needs id, key and secret")
+    values: dict[str, Any] = {
+        "id": _to_str(f"{where}.id", app_id),
+        "key": _to_str(f"{where}.key", raw["key"]),
+        "secret": _to_str(f"{where}.secret", raw["secret"]),
+    }
+    for name, (_, parse) in _APP_SETTINGS.items():
+        if name in raw:
+            values[name] = parse(f"{where}.{name}", raw[name])
+    return App(**values)
+
+
+def _app_from_env(env: Mapping[str, str]) -> App | None:
+    """The single app that Laravel's REVERB_APP_* variables describe, if any."""
+    names = ("REVERB_APP_ID", "REVERB_APP_KEY", "REVERB_APP_SECRET")
+    present = [name for name in names if env.get(name)]
+    if not present:
+        return None
+    missing = [name for name in names if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{missing[0]}: must be set together with {', '.join(present)}")
+    values: dict[str, Any] = {
+        "id": env["REVERB_APP_ID"].strip(),
+        "key": env["REVERB_APP_KEY"].strip(),
+        "secret": env["REVERB_APP_SECRET"].strip(),
+    }
+    for name, (variable, parse) in _APP_SETTINGS.items():
+        if env.get(variable, "").strip():
+            values[name] = parse(variable, env[variable])
+    return App(**values)
+
+
+def generate_development_app() -> App:
+    """Fresh credentials in Reverb's `reverb:install` format: never a fixed default secret."""
+    alphabet = string.ascii_lowercase + string.digits
+    return App(
+        id=str(100_000 + secrets.randbelow(900_000)),
+        key="".join(secrets.choice(alphabet) for _ in range(20)),
+        secret="".join(secrets.choice(alphabet) for _ in range(20)),
+    )
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    if not Path(path).is_file():
+        raise ConfigError(f"--env-file: {path} does not exist")
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    env_file: str | None = None,
+) -> Settings:
+    """Merge every source into validated Settings.
+
+    `flags` holds only the options given on the command line (None values are ignored).
+    With no app configured anywhere, a development app with fresh credentials is generated.
+    """
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    file_values = _read_env_file(env_file) if env_file else {}
+    env: dict[str, str] = {**file_values, **(environ or {})}
+    toml = _read_toml(config_file) if config_file else {}
+
+    values: dict[str, Any] = {}
+    toml_server = toml.get("server", {})
+    if not isinstance(toml_server, dict):
+        raise ConfigError("--config: [server] must be a table")
+    unknown = set(toml_server) - set(_SERVER_SETTINGS) - {"debug", "max_header_size"}
+    if unknown:
+        raise ConfigError(f"[server]: unknown setting(s) {', '.join(sorted(unknown))}")
+    for name, (variable, parse) in _SERVER_SETTINGS.items():
+        if name in flags:
+            values[name] = parse(f"--{name.replace('_', '-')}", flags[name])
+        elif env.get(variable, "").strip():
+            values[name] = parse(variable, env[variable])
+        elif name in toml_server:
+            values[name] = parse(f"[server].{name}", toml_server[name])
+    values["debug"] = bool(flags.get("debug")) or _to_bool(
+        "[server].debug", toml_server.get("debug", False)
+    )
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        raise ConfigError("--tls-cert/--tls-key: give both the certificate and the key")
+
+    redis_env = {**{k.upper(): str(v) for k, v in toml.get("redis", {}).items()}, **env}
+    if values.get("scaling_enabled") or redis_env.get("REDIS_URL") or env.get("REDIS_HOST"):
+        values["redis"] = RedisSettings(url=_redis_url(redis_env))
+
+    apps: dict[str, App] = {}
+    toml_apps = toml.get("apps", [])
+    if not isinstance(toml_apps, list):
+        raise ConfigError("--config: apps must be an array of tables ([[apps]])")
+    for index, raw in enumerate(toml_apps):
+        app = _app_from_mapping(f"[[apps]][{index}]", raw)
+        apps[app.id] = app
+    env_app = _app_from_env(env)
+    if env_app is not None:
+        apps[env_app.id] = env_app
+
+    keys = [app.key for app in apps.values()]
+    duplicate = next((key for key in keys if keys.count(key) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"apps: the key {duplicate!r} is used by more than one app")
+    generated = not apps
+    if generated:
+        dev = generate_development_app()
+        apps[dev.id] = dev
+    return Settings(**values, apps=tuple(apps.values()), generated_app=generated)
+
+
+def with_apps(settings: Settings, *apps: App) -> Settings:
+    """A copy of settings serving exactly these apps (tests and embedding)."""
+    return replace(settings, apps=apps, generated_app=False)

@@ -1,0 +1,275 @@
+"""The Pusher REST API (`/apps/{app_id}/...`), signed and validated.
+
+Triggering is the backend-facing hot path: the signature is verified once, the event is
+encoded once per channel, fanned out locally, and `{}` is answered without waiting on anything.
+Every refusal is a 4xx with a JSON body `{"error": ..., "code": ...}`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from reverb_py.hub import AppHub
+from reverb_py.pusher import auth, messages
+from reverb_py.pusher.channels import (
+    SERVER_TO_USER_PREFIX,
+    ChannelKind,
+    channel_type,
+    valid_channel_name,
+)
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
+
+_SOCKET_ID = re.compile(r"\d+\.\d+")
+_EMPTY = HttpResponse(200, b"{}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    name: str
+    data: str
+    channels: tuple[str, ...]
+    socket_id: str | None
+    info: tuple[str, ...]
+
+
+class HttpApi:
+    """Routes `{prefix}/apps/{id}/...`; `hubs` maps app id to that app's hub."""
+
+    def __init__(
+        self,
+        hubs: dict[str, AppHub],
+        prefix: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hubs = hubs
+        self.prefix = prefix
+        self.clock = clock
+
+    def handle(self, request: HttpRequest, path: str) -> HttpResponse:
+        """`path` is the request path with the server prefix removed, starting `/apps/`."""
+        parts = path.split("/")  # ['', 'apps', id, ...]
+        if len(parts) < 4 or not parts[2]:
+            return error_response(404, "Not found")
+        hub = self.hubs.get(parts[2])
+        if hub is None:
+            return error_response(404, f"Unknown app id {parts[2]}")
+        route = parts[3:]
+        try:
+            handler, method = self._route(route)
+            if request.method != method:
+                return error_response(405, "Method not allowed", (("Allow", method),))
+            self._verify(hub, request)
+            return handler(hub, request, route)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+
+    def _route(
+        self, route: list[str]
+    ) -> tuple[Callable[[AppHub, HttpRequest, list[str]], HttpResponse], str]:
+        match route:
+            case ["events"]:
+                return self._events, "POST"
+            case ["batch_events"]:
+                return self._batch_events, "POST"
+            case ["channels"]:
+                return self._channels, "GET"
+            case ["channels", _]:
+                return self._channel, "GET"
+            case ["channels", _, "users"]:
+                return self._channel_users, "GET"
+            case ["connections"]:
+                return self._connections, "GET"
+            case ["users", _, "terminate_connections"]:
+                return self._terminate, "POST"
+        raise ApiError(404, "Not found")
+
+    def _verify(self, hub: AppHub, request: HttpRequest) -> None:
+        full = request.path
+        bare = full[len(self.prefix) :] if self.prefix and full.startswith(self.prefix) else full
+        candidates = dict.fromkeys((full, unquote(full), bare, unquote(bare)))
+        try:
+            auth.verify_api_request(
+                key=hub.app.key,
+                secret=hub.app.secret,
+                method=request.method,
+                paths=candidates,
+                params=request.query(),
+                body=request.body,
+                now=self.clock(),
+            )
+        except auth.ApiAuthError as exc:
+            raise ApiError(401, str(exc)) from None
+
+    # Publishing --------------------------------------------------------------------------
+
+    def _events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+        event = self._parse_event(hub, _json_body(request), allow_channels=True)
+        self._publish(hub, event)
+        if not event.info:
+            return _EMPTY
+        return json_response(
+            200, {"channels": {c: self._info(hub, c, event.info) for c in event.channels}}
+        )
+
+    def _batch_events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+        body = _json_body(request)
+        batch = body.get("batch")
+        if not isinstance(batch, list) or not batch:
+            raise ApiError(400, "batch must be a non-empty list of events")
+        if len(batch) > hub.app.max_batch_size:
+            raise ApiError(400, f"Cannot batch more than {hub.app.max_batch_size} events")
+        events = [self._parse_event(hub, item, allow_channels=False) for item in batch]
+        for event in events:
+            self._publish(hub, event)
+        if not any(event.info for event in events):
+            return _EMPTY
+        return json_response(
+            200,
+            {"batch": [self._info(hub, e.channels[0], e.info) if e.info else {} for e in events]},
+        )
+
+    def _parse_event(self, hub: AppHub, body: Any, *, allow_channels: bool) -> Event:
+        app = hub.app
+        if not isinstance(body, dict):
+            raise ApiError(400, "Each event must be a JSON object")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "name is required")
+        if len(name) > app.max_event_name_length:
+            raise ApiError(400, f"Event name is longer than {app.max_event_name_length}")
+        if "data" not in body:
+            raise ApiError(400, "data is required")
+        data = body["data"]
+        if not isinstance(data, str):
+            data = orjson.dumps(data).decode()
+        if len(data.encode()) > app.max_event_data_size:
+            raise ApiError(413, f"Event data is larger than {app.max_event_data_size} bytes")
+        channels = body.get("channels") if allow_channels else None
+        if channels is None:
+            channel = body.get("channel")
+            if not isinstance(channel, str):
+                raise ApiError(400, "channel or channels is required")
+            channels = [channel]
+        if not isinstance(channels, list) or not channels:
+            raise ApiError(400, "channels must be a non-empty list")
+        if len(channels) > app.max_event_channels:
+            raise ApiError(400, f"Cannot trigger on more than {app.max_event_channels} channels")
+        for channel in channels:
+            if not isinstance(channel, str) or not valid_channel_name(
+                channel, app.max_channel_name_length
+            ):
+                raise ApiError(400, f"Invalid channel name: {str(channel)[:200]!r}")
+        if len(channels) > 1 and any(
+            channel_type(c).kind is ChannelKind.ENCRYPTED for c in channels
+        ):
+            raise ApiError(400, "Encrypted channels cannot be triggered with other channels")
+        socket_id = body.get("socket_id")
+        if socket_id is not None and (
+            not isinstance(socket_id, str) or not _SOCKET_ID.fullmatch(socket_id)
+        ):
+            raise ApiError(400, "socket_id must look like 123.456")
+        info = body.get("info")
+        if info is not None and not isinstance(info, str):
+            raise ApiError(400, "info must be a comma-separated string")
+        attributes = tuple(a.strip() for a in info.split(",") if a.strip()) if info else ()
+        return Event(name, data, tuple(channels), socket_id, attributes)
+
+    def _publish(self, hub: AppHub, event: Event) -> None:
+        excluded = hub.sessions.get(event.socket_id) if event.socket_id else None
+        now = time.monotonic()
+        for channel in event.channels:
+            payload = messages.encode_event(event.name, event.data, channel)
+            if channel.startswith(SERVER_TO_USER_PREFIX):
+                hub.publish_to_user(channel[len(SERVER_TO_USER_PREFIX) :], payload, excluded)
+                continue
+            if channel_type(channel).cached:
+                hub.remember(channel, event.name, event.data, payload, now)
+            hub.publish(channel, payload, excluded)
+
+    # Queries -----------------------------------------------------------------------------
+
+    def _info(self, hub: AppHub, channel: str, attributes: tuple[str, ...]) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        presence = channel_type(channel).kind is ChannelKind.PRESENCE
+        if "user_count" in attributes and presence:
+            info["user_count"] = hub.user_count(channel)
+        if "subscription_count" in attributes and not presence:
+            info["subscription_count"] = hub.subscription_count(channel)
+        return info
+
+    def _channels(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+        params = dict(request.query())
+        prefix = params.get("filter_by_prefix", "")
+        attributes = _attributes(params)
+        if "user_count" in attributes and not prefix.startswith("presence-"):
+            raise ApiError(400, "info=user_count requires filter_by_prefix=presence-")
+        channels = {
+            channel.name: self._info(hub, channel.name, attributes)
+            for channel in hub.occupied_channels(prefix)
+        }
+        return json_response(200, {"channels": channels})
+
+    def _channel(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
+        name = _channel_from_path(route[1])
+        attributes = _attributes(dict(request.query()))
+        kind = channel_type(name)
+        if "user_count" in attributes and kind.kind is not ChannelKind.PRESENCE:
+            raise ApiError(400, "user_count is only available for presence channels")
+        if "cache" in attributes and not kind.cached:
+            raise ApiError(400, "cache is only available for cache channels")
+        count = hub.subscription_count(name)
+        body: dict[str, Any] = {"occupied": count > 0}
+        body.update(self._info(hub, name, attributes))
+        if "cache" in attributes:
+            now = time.monotonic()
+            entry = hub.cached(name, now)
+            body["cache"] = (
+                {"event": entry.event, "data": entry.data, "ttl": int(entry.expires_at - now)}
+                if entry is not None
+                else None
+            )
+        return json_response(200, body)
+
+    def _channel_users(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
+        name = _channel_from_path(route[1])
+        if channel_type(name).kind is not ChannelKind.PRESENCE:
+            raise ApiError(400, "Users are only available for presence channels")
+        return json_response(200, {"users": [{"id": uid} for uid in hub.member_ids(name)]})
+
+    def _connections(self, hub: AppHub, _: HttpRequest, __: list[str]) -> HttpResponse:
+        return json_response(200, {"connections": len(hub.sessions)})
+
+    def _terminate(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
+        user_id = unquote(route[1])
+        for session in hub.sessions_of_user(user_id):
+            session.close(messages.ErrorCode.UNAUTHORIZED, "You got disconnected by the app.")
+        return _EMPTY
+
+
+def _json_body(request: HttpRequest) -> Any:
+    try:
+        return orjson.loads(request.body or b"{}")
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON") from None
+
+
+def _attributes(params: dict[str, str]) -> tuple[str, ...]:
+    return tuple(a.strip() for a in params.get("info", "").split(",") if a.strip())
+
+
+def _channel_from_path(segment: str) -> str:
+    return unquote(segment)

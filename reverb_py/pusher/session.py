@@ -1,0 +1,348 @@
+"""One client's Pusher session: the state machine behind a WebSocket connection.
+
+The session validates what a client sends (subscriptions, auth, sign-in, client events), keeps
+the socket's own subscription index, and asks the hub to fan messages out. It talks to its
+socket only through `send_text`, `send`, `ping` and `close`, so tests can drive it with a fake.
+Every rejection is an error frame to this client; nothing here may raise into the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from reverb_py.config import App
+from reverb_py.pusher import auth, messages
+from reverb_py.pusher.channels import (
+    SERVER_TO_USER_PREFIX,
+    ChannelKind,
+    channel_type,
+    valid_channel_name,
+    valid_user_id,
+)
+from reverb_py.pusher.messages import ClientMessage, ErrorCode, ProtocolViolation
+
+if TYPE_CHECKING:
+    from reverb_py.hub import AppHub
+
+logger = logging.getLogger("reverb_py.session")
+frame_logger = logging.getLogger("reverb_py.frames")
+
+
+class Socket(Protocol):
+    """What a session needs from its connection (the transport's Connection provides it)."""
+
+    seen: bool
+
+    def send(self, frame: bytes) -> None: ...
+
+    def send_text(self, payload: bytes) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class Session:
+    __slots__ = (
+        "app",
+        "channels",
+        "closed",
+        "debug",
+        "event_count",
+        "event_window",
+        "hub",
+        "idle_since",
+        "pinged_at",
+        "socket",
+        "socket_id",
+        "user_id",
+    )
+
+    def __init__(self, hub: AppHub, socket: Socket, socket_id: str, debug: bool = False) -> None:
+        self.hub = hub
+        self.app: App = hub.app
+        self.socket = socket
+        self.socket_id = socket_id
+        self.debug = debug
+        # channel name -> presence member key (None for other channel kinds)
+        self.channels: dict[str, str | None] = {}
+        self.user_id: str | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self.pinged_at: float | None = None
+        self.event_window = 0.0
+        self.event_count = 0
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.hub.add_session(self)
+        self._send(messages.connection_established(self.socket_id, self.app.activity_timeout))
+
+    def on_message(self, data: bytes, binary: bool) -> None:
+        if self.closed:
+            return
+        if self.debug:
+            frame_logger.debug("< %s %s", self.socket_id, data[:2048])
+        try:
+            if binary:
+                raise ProtocolViolation("Binary frames are not supported; send JSON text frames")
+            self._handle(messages.parse_client_message(data))
+        except ProtocolViolation as violation:
+            self._send(messages.error(violation.code, violation.message))
+        except Exception:
+            logger.exception("unexpected error handling a message on %s", self.socket_id)
+            self._send(messages.error(ErrorCode.RECONNECT, "Internal server error"))
+
+    def on_write_overflow(self) -> None:
+        logger.warning("closing %s: client is not reading, send buffer full", self.socket_id)
+        self.close(ErrorCode.OVER_CAPACITY, "Client too slow: send buffer full")
+
+    def on_close(self) -> None:
+        if not self.closed:
+            self.closed = True
+        self.hub.remove_session(self)
+
+    def close(self, code: ErrorCode, message: str) -> None:
+        """Tell the client why (pusher:error) and close with the same code."""
+        if self.closed:
+            return
+        self._send(messages.error(code, message))
+        self.closed = True
+        self.socket.close(int(code), message)
+
+    def check_liveness(self, now: float) -> None:
+        """Called by the server's periodic sweep: ping silent sockets, drop dead ones.
+
+        Any inbound frame counts as life (Flutter and some Java clients answer WebSocket pings
+        but not pusher:ping), so both kinds of ping are sent."""
+        socket = self.socket
+        if socket.seen:
+            socket.seen = False
+            self.idle_since = now
+            self.pinged_at = None
+        elif self.pinged_at is not None:
+            if now - self.pinged_at >= self.app.pong_timeout:
+                self.close(ErrorCode.PONG_TIMEOUT, "Pong reply not received in time")
+        elif now - self.idle_since >= self.app.ping_interval:
+            self.pinged_at = now
+            self._send(messages.PING)
+            socket.ping()
+
+    def _send(self, payload: bytes) -> None:
+        if self.debug:
+            frame_logger.debug("> %s %s", self.socket_id, payload[:2048])
+        self.socket.send_text(payload)
+
+    # Dispatch ----------------------------------------------------------------------------
+
+    def _handle(self, message: ClientMessage) -> None:
+        event = message.event
+        if event == "pusher:ping":
+            self._send(messages.PONG)
+        elif event == "pusher:pong":
+            return
+        elif event == "pusher:subscribe":
+            self._subscribe(message.data)
+        elif event == "pusher:unsubscribe":
+            self._unsubscribe(message.data)
+        elif event == "pusher:signin":
+            self._signin(message.data)
+        elif event.startswith("client-"):
+            self._client_event(message)
+        elif event.startswith("pusher"):
+            raise ProtocolViolation(f"Unsupported event: {event}")
+        else:
+            raise ProtocolViolation(
+                "Client events must be named client-*", ErrorCode.CLIENT_EVENT_REJECTED
+            )
+
+    # Subscriptions -----------------------------------------------------------------------
+
+    def _subscribe(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
+            raise ProtocolViolation("pusher:subscribe needs data.channel")
+        name: str = data["channel"]
+        app = self.app
+        if not valid_channel_name(name, app.max_channel_name_length):
+            self._refuse(
+                name,
+                "InvalidChannel",
+                f"Invalid channel name: use at most {app.max_channel_name_length} characters "
+                "from A-Z a-z 0-9 _ - = @ , . ;",
+                4009,
+            )
+            return
+        if name in self.channels:
+            self._send(messages.error(None, f"Existing subscription to channel {name}"))
+            return
+        kind = channel_type(name)
+        if kind.kind is ChannelKind.SERVER_TO_USER:
+            self._subscribe_user_channel(name)
+            return
+        member = None
+        if kind.needs_auth:
+            channel_data = data.get("channel_data")
+            if kind.kind is ChannelKind.PRESENCE:
+                member = self._presence_member(name, channel_data)
+                if member is None:
+                    return
+            else:
+                channel_data = None
+            if not auth.channel_auth_valid(
+                app.key, app.secret, self.socket_id, name, data.get("auth"), channel_data
+            ):
+                signed = f"{self.socket_id}:{name}" + (
+                    f":{channel_data}" if channel_data is not None else ""
+                )
+                self._refuse(
+                    name,
+                    "AuthError",
+                    f"Invalid signature: expected HMAC SHA256 hex digest of {signed}",
+                    401,
+                )
+                return
+            if member is not None and self.hub.would_exceed_members(name, member[0]):
+                self._refuse(
+                    name,
+                    "LimitReached",
+                    f"Presence channel is full ({app.max_presence_members} members)",
+                    ErrorCode.OVER_CAPACITY,
+                )
+                return
+        self.hub.join(self, name, member)
+        presence = self.hub.roster(name) if member is not None else None
+        self._send(messages.subscription_succeeded(name, presence))
+        if kind.cached:
+            self._replay_cache(name)
+
+    def _presence_member(self, name: str, channel_data: Any) -> tuple[Any, Any] | None:
+        """Validate presence channel_data; answers the refusal itself and returns None."""
+        app = self.app
+        if not isinstance(channel_data, str):
+            self._refuse(name, "AuthError", "Presence channels need channel_data", 401)
+            return None
+        try:
+            parsed = orjson.loads(channel_data)
+        except orjson.JSONDecodeError:
+            self._refuse(name, "InvalidData", "channel_data is not valid JSON", 400)
+            return None
+        user_id = parsed.get("user_id") if isinstance(parsed, dict) else None
+        if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
+            self._refuse(name, "InvalidData", "channel_data needs a user_id", 400)
+            return None
+        if len(str(user_id)) > app.max_user_id_length:
+            self._refuse(
+                name,
+                "LimitReached",
+                f"user_id is longer than {app.max_user_id_length} characters",
+                400,
+            )
+            return None
+        user_info = parsed.get("user_info")
+        if len(orjson.dumps(user_info)) > app.max_presence_user_info_size:
+            self._refuse(
+                name,
+                "LimitReached",
+                f"user_info is larger than {app.max_presence_user_info_size} bytes",
+                400,
+            )
+            return None
+        return user_id, user_info
+
+    def _subscribe_user_channel(self, name: str) -> None:
+        user_id = name[len(SERVER_TO_USER_PREFIX) :]
+        if self.user_id != user_id:
+            self._refuse(name, "AuthError", "Sign in as this user to subscribe", 401)
+            return
+        self.channels[name] = None
+        self._send(messages.subscription_succeeded(name))
+
+    def _replay_cache(self, name: str) -> None:
+        entry = self.hub.cached(name, time.monotonic())
+        self._send(entry.payload if entry is not None else messages.cache_miss(name))
+
+    def _refuse(self, channel: str, kind: str, message: str, status: int) -> None:
+        self._send(messages.subscription_error(channel, kind, message, int(status)))
+
+    def _unsubscribe(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
+            raise ProtocolViolation("pusher:unsubscribe needs data.channel")
+        name = data["channel"]
+        if name in self.channels:
+            member_key = self.channels.pop(name)
+            self.hub.leave(self, name, member_key)
+
+    # User sign-in ------------------------------------------------------------------------
+
+    def _signin(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ProtocolViolation("pusher:signin needs data.auth and data.user_data")
+        user_data = data.get("user_data")
+        app = self.app
+        if not isinstance(user_data, str) or not auth.user_auth_valid(
+            app.key, app.secret, self.socket_id, user_data, data.get("auth")
+        ):
+            self.close(ErrorCode.UNAUTHORIZED, "Connection not authorized: invalid sign-in")
+            return
+        try:
+            parsed = orjson.loads(user_data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        user_id = parsed.get("id") if isinstance(parsed, dict) else None
+        if not isinstance(user_id, str) or not valid_user_id(user_id, app.max_user_id_length):
+            self.close(ErrorCode.UNAUTHORIZED, "The user data must contain a valid string id")
+            return
+        if self.user_id is not None and self.user_id != user_id:
+            self._send(messages.error(ErrorCode.UNAUTHORIZED, "Already signed in as another user"))
+            return
+        if self.user_id is None:
+            self.user_id = user_id
+            self.hub.sign_in(self, user_id)
+        self._send(messages.encode_event("pusher:signin_success", {"user_data": user_data}))
+
+    # Client events -----------------------------------------------------------------------
+
+    def _client_event(self, message: ClientMessage) -> None:
+        app = self.app
+        rejected = ErrorCode.CLIENT_EVENT_REJECTED
+        if app.accept_client_events_from == "none":
+            raise ProtocolViolation("The app does not have client messaging enabled.", rejected)
+        name = message.channel
+        if name is None:
+            raise ProtocolViolation("Client events need a channel", rejected)
+        if not channel_type(name).accepts_client_events:
+            raise ProtocolViolation(
+                "Client events are only accepted on private and presence channels", rejected
+            )
+        if name not in self.channels:
+            raise ProtocolViolation(
+                "The client is not a member of the specified channel.", ErrorCode.UNAUTHORIZED
+            )
+        if len(message.event) > app.max_event_name_length:
+            raise ProtocolViolation(
+                f"Event name is longer than {app.max_event_name_length} characters", rejected
+            )
+        limit = app.client_event_rate_limit
+        if limit:
+            now = time.monotonic()
+            if now - self.event_window >= 1.0:
+                self.event_window = now
+                self.event_count = 0
+            self.event_count += 1
+            if self.event_count > limit:
+                raise ProtocolViolation(
+                    f"Client event rate limit exceeded ({limit} per second)", rejected
+                )
+        member_key = self.channels[name]
+        user_id = None
+        if member_key is not None:
+            channel = self.hub.channels.get(name)
+            record = channel.members.get(member_key) if channel and channel.members else None
+            user_id = record.user_id if record is not None else member_key
+        payload = messages.encode_event(message.event, message.data, name, user_id)
+        self.hub.publish(name, payload, except_session=self)

@@ -1,0 +1,161 @@
+"""Maps requests on the one listening port to the WebSocket endpoint, the HTTP API and health.
+
+Routes, all under the optional path prefix (Reverb's REVERB_SERVER_PATH):
+`GET {path}/app/{key}` upgrades to a Pusher WebSocket; `{path}/apps/{id}/...` is the HTTP API;
+`GET {path}/up` is liveness and `GET {path}/ready` readiness.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import secrets
+from urllib.parse import parse_qsl, urlsplit
+
+from reverb_py.config import App, Settings
+from reverb_py.hub import AppHub
+from reverb_py.pusher import messages
+from reverb_py.pusher.http_api import HttpApi
+from reverb_py.pusher.messages import ErrorCode
+from reverb_py.pusher.session import Session
+from reverb_py.transport.connection import Connection, WebSocketHandler
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
+
+logger = logging.getLogger("reverb_py.router")
+
+SUPPORTED_PROTOCOLS = range(5, 8)
+_UP = json_response(200, {"health": "OK"})
+_READY = json_response(200, {"ready": True})
+_DRAINING = error_response(503, "Draining: connect to another replica")
+
+
+class Refused:
+    """A WebSocket that is accepted only to be told why it cannot stay (Pusher sends errors
+    after the upgrade, and pusher-js acts on the close code)."""
+
+    __slots__ = ()
+
+    def on_message(self, data: bytes, binary: bool) -> None:
+        return None
+
+    def on_write_overflow(self) -> None:
+        return None
+
+    def on_close(self) -> None:
+        return None
+
+
+_REFUSED = Refused()
+
+
+class PusherEndpoint:
+    """The result of routing an upgrade: opens a Session, or refuses with a Pusher code."""
+
+    __slots__ = ("app", "hub", "refusal", "router")
+
+    def __init__(
+        self,
+        router: Router,
+        hub: AppHub | None,
+        refusal: tuple[ErrorCode, str] | None,
+    ) -> None:
+        self.router = router
+        self.hub = hub
+        self.refusal = refusal
+        self.app: App | None = hub.app if hub is not None else None
+
+    @property
+    def max_message_size(self) -> int:
+        return self.app.max_message_size if self.app is not None else 10_000
+
+    def open(self, socket: Connection) -> WebSocketHandler:
+        if self.refusal is not None or self.hub is None:
+            code, message = self.refusal or (ErrorCode.APP_NOT_FOUND, "Application does not exist")
+            socket.send_text(messages.error(code, message))
+            socket.close(int(code), message)
+            return _REFUSED
+        session = Session(self.hub, socket, self.router.new_socket_id(), self.router.debug)
+        session.start()
+        return session
+
+
+class Router:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prefix = settings.path
+        self.debug = settings.debug
+        self.hubs_by_id: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
+        self.hubs_by_key: dict[str, AppHub] = {hub.app.key: hub for hub in self.hubs_by_id.values()}
+        self.api = HttpApi(self.hubs_by_id, self.prefix)
+        self.draining = False
+
+    def new_socket_id(self) -> str:
+        sessions = [hub.sessions for hub in self.hubs_by_id.values()]
+        while True:
+            socket_id = f"{secrets.randbelow(10**9) + 1}.{secrets.randbelow(10**9) + 1}"
+            if not any(socket_id in known for known in sessions):
+                return socket_id
+
+    # HTTP --------------------------------------------------------------------------------
+
+    def handle_http(self, request: HttpRequest) -> HttpResponse:
+        path = self._strip_prefix(request.path)
+        if path is None:
+            return error_response(404, "Not found")
+        if path.startswith("/apps/"):
+            return self.api.handle(request, path)
+        if path in ("/up", "/ready"):
+            if request.method not in ("GET", "HEAD"):
+                return error_response(405, "Method not allowed", (("Allow", "GET"),))
+            if path == "/up":
+                return _UP
+            return _DRAINING if self.draining else _READY
+        if path.startswith("/app/"):
+            return error_response(426, "This endpoint needs a WebSocket upgrade")
+        return error_response(404, "Not found")
+
+    def _strip_prefix(self, path: str) -> str | None:
+        if not self.prefix:
+            return path
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            return path[len(self.prefix) :] or "/"
+        return None
+
+    # WebSocket ---------------------------------------------------------------------------
+
+    def route_websocket(self, request: HttpRequest) -> PusherEndpoint | HttpResponse:
+        path = self._strip_prefix(request.path)
+        if path is None or not path.startswith("/app/") or request.method != "GET":
+            return error_response(404, "Not found")
+        key = path[len("/app/") :]
+        hub = self.hubs_by_key.get(key)
+        return PusherEndpoint(self, hub, self._refusal(request, hub))
+
+    def _refusal(self, request: HttpRequest, hub: AppHub | None) -> tuple[ErrorCode, str] | None:
+        if self.draining:
+            return ErrorCode.RECONNECT, "Server is closing. Please reconnect shortly."
+        if hub is None:
+            return ErrorCode.APP_NOT_FOUND, "Application does not exist"
+        protocol = dict(parse_qsl(request.query_string)).get("protocol")
+        if protocol is not None:
+            if not protocol.isdigit():
+                return ErrorCode.INVALID_VERSION, "Invalid version string format"
+            if int(protocol) not in SUPPORTED_PROTOCOLS:
+                return ErrorCode.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol}"
+        app = hub.app
+        if not origin_allowed(app, request.headers.get("origin")):
+            return ErrorCode.UNAUTHORIZED, "Origin not allowed"
+        if app.max_connections is not None and len(hub.sessions) >= app.max_connections:
+            return ErrorCode.OVER_CONNECTION_QUOTA, "Application is over connection quota"
+        return None
+
+
+def origin_allowed(app: App, origin: str | None) -> bool:
+    """Reverb's allowed_origins: host globs, `*` allows all; a missing Origin (native apps)
+    is allowed unless the app says otherwise."""
+    if "*" in app.allowed_origins:
+        return True
+    if not origin:
+        return app.allow_missing_origin
+    host = urlsplit(origin).hostname or ""
+    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in app.allowed_origins)

@@ -1,0 +1,163 @@
+"""The running server: the listening socket, the periodic sweep, signals and graceful drain.
+
+One periodic sweep replaces per-connection timers: it pings sockets that have been silent for
+the app's ping interval, closes those that did not answer (4201), aborts sockets stuck in
+closing, closes idle HTTP keep-alive connections and expires cached events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import resource
+import signal
+import ssl
+import time
+
+from reverb_py.config import Settings
+from reverb_py.pusher.messages import ErrorCode
+from reverb_py.router import Router
+from reverb_py.transport.connection import Connection, ConnectionLimits, WriteCoalescer
+
+logger = logging.getLogger("reverb_py.server")
+
+STUCK_CLOSING_SECONDS = 5.0
+HTTP_IDLE_SECONDS = 60.0
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: 1024 fds is a few hundred clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+def sweep_interval(settings: Settings) -> float:
+    shortest = min(
+        (min(app.ping_interval, app.pong_timeout) for app in settings.apps), default=30.0
+    )
+    return max(0.05, min(1.0, shortest / 4))
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.router = Router(settings)
+        self.connections: set[Connection] = set()
+        self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._listener is not None
+        return self._listener.sockets[0].getsockname()[1]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if not settings.tls_cert or not settings.tls_key:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        return context
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        coalescer = WriteCoalescer(loop)
+        limits = ConnectionLimits(
+            max_body=settings.max_request_size,
+            max_header=settings.max_header_size,
+            write_buffer_limit=settings.write_buffer_limit,
+        )
+        router, connections = self.router, self.connections
+        self._listener = await loop.create_server(
+            lambda: Connection(router, coalescer, limits, connections),
+            host=settings.host,
+            port=settings.port,
+            ssl=self._ssl_context(),
+            backlog=4096,
+            reuse_address=True,
+        )
+        self._sweeper = loop.create_task(self._sweep_forever(sweep_interval(settings)))
+
+    async def _sweep_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.sweep(time.monotonic(), loop_time=asyncio.get_running_loop().time())
+            except Exception:
+                logger.exception("sweep failed")
+
+    def sweep(self, now: float, loop_time: float) -> None:
+        for hub in self.router.hubs_by_id.values():
+            for session in list(hub.sessions.values()):
+                session.check_liveness(now)
+            hub.expire_cache(now)
+        for connection in list(self.connections):
+            if connection.closing_since is not None:
+                if loop_time - connection.closing_since > STUCK_CLOSING_SECONDS:
+                    connection.abort()
+            elif not connection.is_websocket:
+                if connection.seen:
+                    connection.seen = False
+                    connection.idle_ticks = 0
+                else:
+                    connection.idle_ticks += 1
+                    if connection.idle_ticks * sweep_interval(self.settings) > HTTP_IDLE_SECONDS:
+                        connection.abort()
+
+    async def drain(self) -> None:
+        """Fail readiness, stop accepting, then close every client with 4200 spread over the
+        drain window, so that reconnects land on other replicas without a stampede."""
+        router = self.router
+        router.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        sessions = [s for hub in router.hubs_by_id.values() for s in hub.sessions.values()]
+        random.shuffle(sessions)
+        window = self.settings.drain_seconds
+        logger.info("draining %d connections over %.1f s", len(sessions), window)
+        if sessions:
+            steps = max(1, min(len(sessions), int(window * 10)))
+            per_step = -(-len(sessions) // steps)
+            for start in range(0, len(sessions), per_step):
+                for session in sessions[start : start + per_step]:
+                    session.close(ErrorCode.RECONNECT, "Server is shutting down, reconnect")
+                if window:
+                    await asyncio.sleep(window / steps)
+        deadline = time.monotonic() + STUCK_CLOSING_SECONDS
+        while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.abort()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._listener is not None:
+            self._listener.close()
+            for connection in list(self.connections):
+                connection.abort()
+            await self._listener.wait_closed()
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM/SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        logger.info("shutdown requested: draining")
+        await self.drain()
+        await self.close()
+        logger.info("stopped")

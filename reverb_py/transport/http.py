@@ -1,0 +1,61 @@
+"""HTTP/1.1 request and response values, free of I/O; the connection fills and writes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes = b""
+    client_ip: str = ""
+    keep_alive: bool = True
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def query(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query_string, keep_blank_values=True)
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, keep_alive: bool) -> bytes:
+        phrase = _PHRASES.get(self.status, "Unknown")
+        lines = [
+            f"HTTP/1.1 {self.status} {phrase}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: keep-alive" if keep_alive else "Connection: close",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        head = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n"
+        return head + self.body
+
+
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
+def json_response(
+    status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()
+) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(payload), headers=headers)
+
+
+def error_response(
+    status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> HttpResponse:
+    """Every HTTP error is JSON `{"error": ..., "code": ...}`, the shape soketi and Pusher use."""
+    return json_response(status, {"error": message, "code": status}, headers)
