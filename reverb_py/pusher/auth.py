@@ -78,7 +78,7 @@ def verify_api_request(
     differ on whether a server path prefix is included and on percent-decoding, and trying
     each costs one HMAC only when the first does not match.
     """
-    values = dict(params)
+    values = {name.lower(): value for name, value in params}
     if values.get("auth_key") != key:
         raise ApiAuthError("Unknown auth_key")
     if values.get("auth_version", "1.0") != "1.0":

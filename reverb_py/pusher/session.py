@@ -105,7 +105,7 @@ class Session:
     def on_close(self) -> None:
         if not self.closed:
             self.closed = True
-        self.hub.remove_session(self)
+            self.hub.remove_session(self)
 
     def close(self, code: ErrorCode, message: str) -> None:
         """Tell the client why (pusher:error) and close with the same code."""
@@ -113,6 +113,9 @@ class Session:
             return
         self._send(messages.error(code, message))
         self.closed = True
+        # Leave every channel now: a socket whose close is still flushing (or stuck behind a
+        # client that stopped reading) must not receive, or count, any more.
+        self.hub.remove_session(self)
         self.socket.close(int(code), message)
 
     def check_liveness(self, now: float) -> None:

@@ -1,0 +1,127 @@
+"""Shared fixtures: the real server in-process on an ephemeral port, real clients against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pusher
+import pytest
+import websockets
+
+from reverb_py.config import App, Settings
+from reverb_py.server import Server
+
+APP = App(id="1234", key="test-key", secret="test-secret")
+
+
+class PusherSocket:
+    """A websockets client speaking Pusher, with the helpers tests need."""
+
+    def __init__(self, ws: websockets.ClientConnection, socket_id: str) -> None:
+        self.ws = ws
+        self.socket_id = socket_id
+
+    async def send(self, event: str, data: Any = None, channel: str | None = None) -> None:
+        message: dict[str, Any] = {"event": event}
+        if data is not None:
+            message["data"] = data
+        if channel is not None:
+            message["channel"] = channel
+        await self.ws.send(json.dumps(message))
+
+    async def recv(self, timeout: float = 2.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def expect(self, event: str, timeout: float = 2.0) -> dict[str, Any]:
+        """The next frame, which must be `event`."""
+        message = await self.recv(timeout)
+        assert message["event"] == event, message
+        return message
+
+    async def nothing(self, wait: float = 0.3) -> None:
+        """Assert that no frame arrives within `wait` seconds."""
+        try:
+            message = await asyncio.wait_for(self.ws.recv(), wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame: {message}")
+
+    async def subscribe(
+        self, channel: str, auth: str | None = None, channel_data: str | None = None
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"channel": channel}
+        if auth is not None:
+            data["auth"] = auth
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        await self.send("pusher:subscribe", data)
+        return await self.recv()
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclass
+class Running:
+    server: Server
+    app: App
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def url(self, key: str | None = None, query: str = "protocol=7&client=js&version=8.4.0") -> str:
+        prefix = self.server.settings.path
+        return f"ws://127.0.0.1:{self.port}{prefix}/app/{key or self.app.key}?{query}"
+
+    async def connect(self, key: str | None = None, **kwargs: Any) -> PusherSocket:
+        ws = await websockets.connect(self.url(key), **kwargs)
+        established = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        assert established["event"] == "pusher:connection_established", established
+        return PusherSocket(ws, json.loads(established["data"])["socket_id"])
+
+    def sdk(self, **kwargs: Any) -> pusher.Pusher:
+        return pusher.Pusher(
+            app_id=self.app.id,
+            key=self.app.key,
+            secret=self.app.secret,
+            host="127.0.0.1",
+            port=self.port,
+            ssl=False,
+            **kwargs,
+        )
+
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking SDK call off the event loop that serves it."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+
+ServerFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[ServerFactory]:
+    servers: list[Server] = []
+
+    async def start(app: App = APP, **settings: Any) -> Running:
+        server = Server(Settings(host="127.0.0.1", port=0, apps=(app,), **settings))
+        await server.start()
+        servers.append(server)
+        return Running(server, app)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def running(start_server: ServerFactory) -> Running:
+    return await start_server()
+
+
+def app_with(**changes: Any) -> App:
+    return replace(APP, **changes)
