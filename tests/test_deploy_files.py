@@ -38,6 +38,10 @@ HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 # Names a deploy file may set although the server does not read them itself.
 NOT_FOR_THE_SERVER = {"REDISCLI_AUTH"}  # read by redis-cli in the Redis container's probes
 
+# After the drain window the server waits up to this long for the last close handshakes
+# (reverb_py/server.py, STUCK_CLOSING_SECONDS) before it exits: the kill deadline must allow it.
+CLOSE_HANDSHAKE_SECONDS = 5
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading helpers
@@ -95,6 +99,12 @@ def _config(k8s: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
         if "value" in item:
             env[item["name"]] = str(item["value"])
     return env
+
+
+def _path_prefix(config: dict[str, str]) -> str:
+    """REVERB_SERVER_PATH as the server normalises it: "" or "/segment" without a trailing /."""
+    prefix = config.get("REVERB_SERVER_PATH", "").strip().strip("/")
+    return f"/{prefix}" if prefix else ""
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -360,6 +370,7 @@ def test_healthcheck_probes_where_the_server_listens() -> None:
     assert probe_url({"REVERB_TLS_CERT": "/tls/tls.crt"}, "/ready") == (
         "https://127.0.0.1:8080/ready"
     )
+    assert probe_url({"REVERB_SERVER_PATH": "/reverb/"}) == "http://127.0.0.1:8080/reverb/up"
 
 
 @pytest.fixture
@@ -487,8 +498,14 @@ def test_probes_hit_the_health_endpoints_on_the_server_port(
     k8s: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     container = _container(_server_deployment(k8s))
-    server_port = int(_config(k8s).get("REVERB_SERVER_PORT", "8080"))
-    expected = {"readinessProbe": "/ready", "livenessProbe": "/up", "startupProbe": "/up"}
+    config = _config(k8s)
+    server_port = int(config.get("REVERB_SERVER_PORT", "8080"))
+    prefix = _path_prefix(config)  # the server serves /up and /ready under its path prefix
+    expected = {
+        "readinessProbe": f"{prefix}/ready",
+        "livenessProbe": f"{prefix}/up",
+        "startupProbe": f"{prefix}/up",
+    }
     for probe_name, path in expected.items():
         probe = container.get(probe_name)
         if probe is None and probe_name == "startupProbe":
@@ -506,8 +523,7 @@ def test_ingress_routes_websockets_and_the_http_api_to_the_service(
     service_ports = {p["port"] for p in service["spec"]["ports"]} | {
         p["name"] for p in service["spec"]["ports"] if "name" in p
     }
-    prefix = "/" + _config(k8s).get("REVERB_SERVER_PATH", "").strip("/")
-    prefix = prefix.rstrip("/")
+    prefix = _path_prefix(_config(k8s))
     routed = set()
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
@@ -637,9 +653,11 @@ def test_grace_period_covers_prestop_and_drain(
     pre_stop = float(command[1])
     drain = float(_config(k8s).get("REVERB_DRAIN_SECONDS", "10"))
     grace = pod["terminationGracePeriodSeconds"]
-    assert grace > pre_stop + drain, (
-        f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain}: "
-        "the kubelet would SIGKILL the pod before its clients were told to reconnect"
+    needed = pre_stop + drain + CLOSE_HANDSHAKE_SECONDS
+    assert grace > needed, (
+        f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain} + "
+        f"{CLOSE_HANDSHAKE_SECONDS} s of close handshakes: the kubelet would SIGKILL the pod "
+        "before its clients were told to reconnect"
     )
 
 
@@ -762,7 +780,8 @@ def test_compose_stop_grace_period_covers_the_drain() -> None:
     for name, service in _reverb_services(_compose()).items():
         drain = float(_compose_env(service).get("REVERB_DRAIN_SECONDS", "10"))
         grace = _seconds(service.get("stop_grace_period", "10s"))  # compose's default is 10 s
-        assert grace > drain, f"compose {name}: stop_grace_period {grace}s <= drain {drain}s"
+        needed = drain + CLOSE_HANDSHAKE_SECONDS
+        assert grace > needed, f"compose {name}: stop_grace_period {grace}s <= {needed}s"
 
 
 def _nginx_upstreams() -> dict[str, list[str]]:

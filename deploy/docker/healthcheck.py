@@ -11,6 +11,7 @@ actually listens on:
 - REVERB_SERVER_PORT (default 8080);
 - REVERB_SERVER_HOST: a wildcard bind (0.0.0.0, ::, empty) is probed on loopback, a specific
   address is probed on that address;
+- REVERB_SERVER_PATH: the server serves /up under its path prefix, like every other route;
 - REVERB_TLS_CERT: when set the server speaks TLS itself, so the probe uses https. The
   certificate is issued for the public hostname, not for loopback, so it is not verified; this
   checks liveness, not the certificate.
@@ -40,6 +41,9 @@ def probe_url(env: dict[str, str], path: str = "/up") -> str:
         host = f"[{host}]"
     port = env.get("REVERB_SERVER_PORT", "").strip() or "8080"
     scheme = "https" if env.get("REVERB_TLS_CERT", "").strip() else "http"
+    prefix = env.get("REVERB_SERVER_PATH", "").strip().strip("/")
+    if prefix:
+        path = f"/{prefix}{path}"
     return f"{scheme}://{host}:{port}{path}"
 
 
