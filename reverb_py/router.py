@@ -104,6 +104,8 @@ class Router:
             return error_response(404, "Not found")
         if path.startswith("/apps/"):
             return self.api.handle(request, path)
+        if path.startswith("/users/"):
+            return self.api.handle_without_app_id(request, path)
         if path in ("/up", "/ready"):
             if request.method not in ("GET", "HEAD"):
                 return error_response(405, "Method not allowed", (("Allow", "GET"),))

@@ -67,7 +67,18 @@ class HttpApi:
         hub = self.hubs.get(parts[2])
         if hub is None:
             return error_response(404, f"Unknown app id {parts[2]}")
-        route = parts[3:]
+        return self._handle_for(hub, request, parts[3:])
+
+    def handle_without_app_id(self, request: HttpRequest, path: str) -> HttpResponse:
+        """`/users/{id}/terminate_connections`, as the official Python SDK (3.3) spells it:
+        the app is the one whose key signed the request."""
+        key = dict(request.query()).get("auth_key")
+        hub = next((h for h in self.hubs.values() if h.app.key == key), None)
+        if hub is None:
+            return error_response(401, "Unknown auth_key")
+        return self._handle_for(hub, request, path.split("/")[1:])
+
+    def _handle_for(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
         try:
             handler, method = self._route(route)
             if request.method != method:
