@@ -1,0 +1,205 @@
+"""Configuration: Laravel's names, precedence, validation, and the CLI around it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from reverb_py.config import ConfigError, load_settings
+
+LARAVEL_ENV = """
+BROADCAST_CONNECTION=reverb
+REVERB_APP_ID=881836
+REVERB_APP_KEY=ieurikyi90hjoyrlif8g
+REVERB_APP_SECRET="grgxyfennnjmjond6hu6"
+REVERB_HOST=localhost
+REVERB_PORT=8080
+REVERB_SCHEME=http
+VITE_REVERB_APP_KEY="${REVERB_APP_KEY}"
+REVERB_SERVER_PORT=9000
+REVERB_APP_ACTIVITY_TIMEOUT=45
+REVERB_APP_MAX_MESSAGE_SIZE=20000
+REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM=all
+REVERB_APP_MAX_CONNECTIONS=
+# comments and blank values are fine
+"""
+
+
+def test_laravel_env_file_works_unchanged(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(LARAVEL_ENV)
+    settings = load_settings(environ={}, env_file=str(env_file))
+    (app,) = settings.apps
+    assert (app.id, app.key, app.secret) == (
+        "881836",
+        "ieurikyi90hjoyrlif8g",
+        "grgxyfennnjmjond6hu6",
+    )
+    assert app.activity_timeout == 45
+    assert app.max_message_size == 20_000
+    assert app.accept_client_events_from == "all"
+    assert app.max_connections is None
+    assert settings.port == 9000
+    assert settings.hostname == "localhost"
+    assert not settings.generated_app
+
+
+def test_precedence_flags_then_env_then_files(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("REVERB_SERVER_PORT=1111\nREVERB_SERVER_HOST=10.0.0.1\n")
+    toml = tmp_path / "reverb.toml"
+    toml.write_text('[server]\nport = 2222\nhost = "10.0.0.2"\npath = "/from-toml"\n')
+    settings = load_settings(
+        flags={"port": 3333, "host": None},
+        environ={"REVERB_SERVER_HOST": "10.0.0.3"},
+        config_file=str(toml),
+        env_file=str(env_file),
+    )
+    assert settings.port == 3333  # flag
+    assert settings.host == "10.0.0.3"  # environment over .env and TOML
+    assert settings.path == "/from-toml"  # only in the TOML file
+
+
+def test_several_apps_from_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "reverb.toml"
+    toml.write_text(
+        '[[apps]]\nid = "1"\nkey = "k1"\nsecret = "s1"\nmax_connections = 10\n'
+        '[[apps]]\nid = "2"\nkey = "k2"\nsecret = "s2"\nallowed_origins = ["*.example.com"]\n'
+    )
+    settings = load_settings(environ={}, config_file=str(toml))
+    assert [app.id for app in settings.apps] == ["1", "2"]
+    assert settings.apps[0].max_connections == 10
+    assert settings.apps[1].allowed_origins == ("*.example.com",)
+
+
+def test_no_app_generates_fresh_development_credentials() -> None:
+    first = load_settings(environ={})
+    second = load_settings(environ={})
+    assert first.generated_app
+    assert first.apps[0].secret != second.apps[0].secret
+    assert len(first.apps[0].key) == 20
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"REVERB_SERVER_PORT": "eighty"}, "REVERB_SERVER_PORT"),
+        ({"REVERB_SERVER_PORT": "70000"}, "REVERB_SERVER_PORT"),
+        ({"REVERB_APP_ID": "1", "REVERB_APP_KEY": "k"}, "REVERB_APP_SECRET"),
+        (
+            {
+                "REVERB_APP_ID": "1",
+                "REVERB_APP_KEY": "k",
+                "REVERB_APP_SECRET": "s",
+                "REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM": "everyone",
+            },
+            "REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM",
+        ),
+        (
+            {
+                "REVERB_APP_ID": "1",
+                "REVERB_APP_KEY": "k",
+                "REVERB_APP_SECRET": "s",
+                "REVERB_APP_PING_INTERVAL": "-1",
+            },
+            "REVERB_APP_PING_INTERVAL",
+        ),
+        ({"REVERB_SCALING_ENABLED": "maybe"}, "REVERB_SCALING_ENABLED"),
+        ({"REDIS_URL": "http://nope"}, "REDIS_URL"),
+        (
+            {
+                "REVERB_APP_ID": "1",
+                "REVERB_APP_KEY": "k",
+                "REVERB_APP_SECRET": "s",
+                "REVERB_APP_WEBHOOKS": "[{}]",
+            },
+            "REVERB_APP_WEBHOOKS",
+        ),
+    ],
+)
+def test_invalid_values_name_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ)
+
+
+def test_redis_settings_from_laravel_names() -> None:
+    settings = load_settings(
+        environ={
+            "REVERB_SCALING_ENABLED": "true",
+            "REDIS_HOST": "redis.internal",
+            "REDIS_PORT": "6380",
+            "REDIS_PASSWORD": "p@ss/word",
+            "REDIS_DB": "2",
+        }
+    )
+    assert settings.scaling_enabled
+    assert settings.redis.url == "redis://:p%40ss%2Fword@redis.internal:6380/2"
+    assert "p@ss" not in repr(settings)
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    settings = load_settings(
+        environ={
+            "REVERB_APP_ID": "1",
+            "REVERB_APP_KEY": "k",
+            "REVERB_APP_SECRET": "super-secret-value",
+        }
+    )
+    assert "super-secret-value" not in repr(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "reverb_py", *args],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("REVERB_", "REDIS_"))},
+            **(env or {}),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_cli_invalid_config_is_one_clear_line() -> None:
+    process = run_cli("start", env={"REVERB_SERVER_PORT": "eighty"})
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 2
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [
+        "reverb-py: configuration error: REVERB_SERVER_PORT: expected an integer, got 'eighty'"
+    ]
+
+
+def test_cli_starts_with_no_config_and_prints_dev_credentials() -> None:
+    port = free_port()
+    process = run_cli("start", "--host", "127.0.0.1", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1) as resp:
+                    assert resp.read() == b'{"health":"OK"}'
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert "REVERB_APP_KEY=" in stderr
+    assert "REVERB_APP_SECRET=" in stderr
