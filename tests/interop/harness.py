@@ -1,0 +1,340 @@
+"""Harness for the interop tests: the server under test, a Laravel-like backend, Node clients.
+
+The point of these tests is to prove compatibility with the clients real apps ship (pusher-js,
+Laravel Echo) and the signing a real backend does (the official `pusher` SDK), so every piece here
+plays one of those real roles instead of speaking the protocol itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pusher
+
+INTEROP_DIR = Path(__file__).resolve().parent
+REPO = INTEROP_DIR.parents[1]
+# Real Laravel users have names outside ASCII; presence rosters must carry them intact.
+USER_NAMES = {1: "Juan Pérez", 2: "Ana María Núñez", 3: "Zoë 🚨 Ødegård"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the Pusher-protocol server under test listens, and the app it serves."""
+
+    host: str
+    port: int
+    app_id: str
+    key: str
+    secret: str
+
+    def sdk(self, **options: Any) -> pusher.Pusher:
+        """The official server SDK pointed at this server, as a Laravel backend would be."""
+        return pusher.Pusher(
+            app_id=self.app_id,
+            key=self.key,
+            secret=self.secret,
+            host=self.host,
+            port=self.port,
+            ssl=False,
+            **options,
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> Target:
+        """`APP_ID:KEY:SECRET@HOST:PORT`, for pointing the suite at an already running server."""
+        credentials, _, address = spec.rpartition("@")
+        app_id, key, secret = credentials.split(":")
+        host, _, port = address.rpartition(":")
+        return cls(host=host, port=int(port), app_id=app_id, key=key, secret=secret)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _is_up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1) as response:
+            return response.status == 200 and json.loads(response.read()) == {"health": "OK"}
+    except OSError:
+        return False
+
+
+@contextmanager
+def reverb_py_server(log_path: Path, **app_env: str) -> Iterator[Target]:
+    """Runs `python -m reverb_py start` exactly as an operator would and waits for /up.
+
+    The server is a separate process (not in-process) so that the clients see the real CLI,
+    configuration loading and event loop, and so that a crash shows up as a failed test.
+    """
+    target = Target("127.0.0.1", free_port(), "4242", "interop-key", "interop-secret")
+    env = {
+        **os.environ,
+        "REVERB_APP_ID": target.app_id,
+        "REVERB_APP_KEY": target.key,
+        "REVERB_APP_SECRET": target.secret,
+        **app_env,
+    }
+    command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
+    command += ["--port", str(target.port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while not _is_up(target.port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"reverb-py did not come up (exit code {process.poll()}):\n"
+                    + log_path.read_text(errors="replace")
+                )
+            time.sleep(0.05)
+        yield target
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """One request the backend's auth routes answered, for assertions and failure messages."""
+
+    path: str
+    user_id: int | None
+    params: dict[str, str]
+    status: int
+
+
+class Backend:
+    """The Laravel app's side: `/broadcasting/auth`, `/broadcasting/user-auth`, and broadcasting.
+
+    The routes behave like Laravel's `Broadcast::routes()` with a `routes/channels.php` of:
+    private `security-dashboard`, `chat.*` and `encrypted-*` allowed for any signed-in user,
+    `refused-*` denied (403, as a channel callback returning false does), `forged-*` answered
+    with a signature made with the wrong app secret (a stale REVERB_APP_SECRET), and `presence-*`
+    joined with Laravel's channel data (an integer `user_id`, as Laravel sends the model key).
+    The user is identified by a Sanctum-style `Authorization: Bearer <user id>` header.
+    """
+
+    def __init__(self, target: Target, encryption_master_key_base64: str) -> None:
+        self.target = target
+        self.sdk = target.sdk(encryption_master_key_base64=encryption_master_key_base64)
+        self._stale_secret_sdk = pusher.Pusher(
+            app_id=target.app_id,
+            key=target.key,
+            secret="stale-secret-from-an-old-env-file",
+            host=target.host,
+            port=target.port,
+            ssl=False,
+        )
+        self.requests: list[AuthRequest] = []
+        self._lock = threading.Lock()
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    def __enter__(self) -> Backend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()
+
+    def answer(self, path: str, user_id: int | None, params: dict[str, str]) -> tuple[int, Any]:
+        """The HTTP status and JSON body Laravel would answer to an auth request."""
+        if user_id is None:
+            return 403, {"message": "Unauthenticated."}
+        socket_id = params.get("socket_id", "")
+        if path == "/broadcasting/user-auth":
+            user = {"id": str(user_id), "user_info": {"name": USER_NAMES.get(user_id, "")}}
+            return 200, self.sdk.authenticate_user(socket_id, user)
+        if path != "/broadcasting/auth":
+            return 404, {"message": "Not Found"}
+        channel = params.get("channel_name", "")
+        if channel.startswith("private-refused-"):
+            return 403, {"message": "This action is unauthorized."}
+        if channel.startswith("private-forged-"):
+            return 200, self._stale_secret_sdk.authenticate(channel, socket_id)
+        if channel.startswith("presence-"):
+            member = {"id": user_id, "name": USER_NAMES.get(user_id, f"User {user_id}")}
+            channel_data = {"user_id": user_id, "user_info": member}
+            return 200, self.sdk.authenticate(channel, socket_id, channel_data)
+        if channel.startswith("private-"):
+            auth = self.sdk.authenticate(channel, socket_id)
+            if isinstance(auth.get("shared_secret"), bytes):
+                # The SDK hands the key over as base64 bytes; a JSON response needs text.
+                auth["shared_secret"] = auth["shared_secret"].decode("ascii")
+            return 200, auth
+        return 403, {"message": "This action is unauthorized."}
+
+    def _record(self, request: AuthRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode("utf-8"))
+                params = {name: values[0] for name, values in form.items()}
+                bearer = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                user_id = int(bearer) if bearer.isdigit() else None
+                status, body = backend.answer(self.path, user_id, params)
+                backend._record(AuthRequest(self.path, user_id, params, status))
+                payload = json.dumps(body).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silenced: the requests are kept in `backend.requests` instead."""
+
+        return Handler
+
+
+class NodeClient:
+    """One Node client script, its JSON-line output collected on a reader thread.
+
+    `expect()` hands out each matching line once, so a test that expects an event twice needs
+    two deliveries, and `lines()` lets a test count everything a client saw. Any failure message
+    carries the full transcript (every frame pusher-js received, every state change, stderr).
+    """
+
+    def __init__(self, script: str, args: list[str], env: dict[str, str]) -> None:
+        self.script = script
+        self.process = subprocess.Popen(
+            ["node", str(INTEROP_DIR / script), *args],
+            cwd=INTEROP_DIR,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self._lines: list[dict[str, Any]] = []
+        self._taken: set[int] = set()
+        self._stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"type": "unparsed", "text": raw.rstrip("\n")}
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self._stderr.append(raw.rstrip("\n"))
+
+    def expect(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Waits for a not yet expected line of this type whose fields equal `fields`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for index, line in enumerate(self._lines):
+                    if index in self._taken or line.get("type") != kind:
+                        continue
+                    if all(line.get(name) == value for name, value in fields.items()):
+                        self._taken.add(index)
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reading()):
+                    raise AssertionError(self.transcript(f"no {kind!r} line with {fields}"))
+                self._changed.wait(min(remaining, 0.1))
+
+    def _reading(self) -> bool:
+        return self._readers[0].is_alive()
+
+    def lines(self, kind: str) -> list[dict[str, Any]]:
+        """Every line of this type received so far."""
+        with self._changed:
+            return [line for line in self._lines if line.get("type") == kind]
+
+    def frames(self) -> list[dict[str, Any]]:
+        """Every protocol frame pusher-js received so far."""
+        return [line["frame"] for line in self.lines("frame")]
+
+    def send(self, command: str, **fields: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"cmd": command, **fields}) + "\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Waits for the script to end on its own and asserts it ended well."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(self.transcript("the script did not exit")) from None
+        for reader in self._readers:
+            reader.join(timeout=5)
+        if code != 0:
+            raise AssertionError(self.transcript(f"the script exited with code {code}"))
+
+    def quit(self) -> None:
+        """Asks a command-driven script to disconnect, then waits for it to end."""
+        self.send("quit")
+        self.finish()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with suppress(OSError):
+                    stream.close()
+
+    def transcript(self, headline: str) -> str:
+        with self._changed:
+            lines = [json.dumps(line, ensure_ascii=False) for line in self._lines]
+        stderr = "\n".join(self._stderr[-40:])
+        return (
+            f"{self.script}: {headline}\n--- stdout ({len(lines)} lines) ---\n"
+            + "\n".join(lines)
+            + f"\n--- stderr ---\n{stderr}"
+        )
