@@ -43,8 +43,11 @@ def target(tmp_path: Path) -> Iterator[Target]:
     if external:
         yield Target.parse(external)
         return
-    with reverb_py_server(tmp_path / "reverb-py.log") as running:
+    log = tmp_path / "reverb-py.log"
+    with reverb_py_server(log) as running:
         yield running
+    # pytest shows captured teardown output only when the test failed: the server's side of it.
+    print(f"--- reverb-py log ---\n{log.read_text(errors='replace')}")
 
 
 @pytest.fixture
@@ -75,3 +78,5 @@ def node(node_modules: Path, target: Target, backend: Backend) -> Iterator[NodeF
     yield start
     for client in started:
         client.kill()
+        # Shown by pytest only for a failed test: what every client saw, not just the one asserted.
+        print(client.transcript("full transcript"))

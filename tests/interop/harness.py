@@ -85,8 +85,10 @@ def reverb_py_server(log_path: Path, **app_env: str) -> Iterator[Target]:
     configuration loading and event loop, and so that a crash shows up as a failed test.
     """
     target = Target("127.0.0.1", free_port(), "4242", "interop-key", "interop-secret")
+    # The developer's own REVERB_* settings (a scaling flag, say) must not change the scenario.
+    inherited = {name: value for name, value in os.environ.items() if name[:7] != "REVERB_"}
     env = {
-        **os.environ,
+        **inherited,
         "REVERB_APP_ID": target.app_id,
         "REVERB_APP_KEY": target.key,
         "REVERB_APP_SECRET": target.secret,
@@ -231,6 +233,7 @@ class NodeClient:
 
     def __init__(self, script: str, args: list[str], env: dict[str, str]) -> None:
         self.script = script
+        self.args = args
         self.process = subprocess.Popen(
             ["node", str(INTEROP_DIR / script), *args],
             cwd=INTEROP_DIR,
@@ -270,6 +273,7 @@ class NodeClient:
 
     def expect(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         """Waits for a not yet expected line of this type whose fields equal `fields`."""
+        __tracebackhide__ = True
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
@@ -303,6 +307,7 @@ class NodeClient:
 
     def finish(self, timeout: float = 10.0) -> None:
         """Waits for the script to end on its own and asserts it ended well."""
+        __tracebackhide__ = True
         try:
             code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -333,8 +338,9 @@ class NodeClient:
         with self._changed:
             lines = [json.dumps(line, ensure_ascii=False) for line in self._lines]
         stderr = "\n".join(self._stderr[-40:])
+        command = " ".join([self.script, *self.args])
         return (
-            f"{self.script}: {headline}\n--- stdout ({len(lines)} lines) ---\n"
+            f"{command}: {headline}\n--- stdout ({len(lines)} lines) ---\n"
             + "\n".join(lines)
             + f"\n--- stderr ---\n{stderr}"
         )
