@@ -556,8 +556,10 @@ def test_ingress_timeouts_outlast_the_heartbeat(
     """nginx closes a proxied socket after proxy-read-timeout of silence from the server."""
     annotations = _one(k8s, "Ingress")["metadata"]["annotations"]
     config = _config(k8s)
+    # A healthy but quiet socket: the server pings after the ping interval of silence and waits
+    # the pong timeout for an answer.
     heartbeat = float(config.get("REVERB_APP_PING_INTERVAL", "60")) + float(
-        config.get("REVERB_APP_ACTIVITY_TIMEOUT", "30")
+        config.get("REVERB_APP_PONG_TIMEOUT", "30")
     )
     for name in ("proxy-read-timeout", "proxy-send-timeout"):
         value = annotations.get(f"nginx.ingress.kubernetes.io/{name}")
