@@ -33,9 +33,13 @@ def test_private_channel_listen_receives_panic_alert(node: NodeFactory, backend:
     dashboard = node("echo_private_listen.mjs", "1")
     dashboard.expect("subscribed", channel="private-security-dashboard")
 
+    resolved = {"alert_id": 123, "status": "resolved", "resolved_by": "Guardia Núñez ✅"}
     backend.sdk.trigger("private-security-dashboard", "panic-alert.triggered", PANIC_ALERT)
+    # Without broadcastAs, Laravel names the event after its class, backslashes and all.
+    backend.sdk.trigger("private-security-dashboard", "App\\Events\\PanicAlertResolved", resolved)
 
-    assert dashboard.expect("alert")["data"] == PANIC_ALERT
+    assert dashboard.expect("alert", listened=".panic-alert.triggered")["data"] == PANIC_ALERT
+    assert dashboard.expect("alert", listened="PanicAlertResolved")["data"] == resolved
     dashboard.finish()
     assert [(r.params["channel_name"], r.user_id, r.status) for r in backend.requests] == [
         ("private-security-dashboard", 1, 200)
@@ -106,6 +110,34 @@ def test_presence_here_joining_leaving_once_each(node: NodeFactory, backend: Bac
     assert members == {"first": [1, [2, 3], [3]], "second": [1, [3], [3]], "third": [1, [], []]}
     first.quit()
     second.quit()
+
+
+def test_presence_user_with_two_tabs_is_one_member(node: NodeFactory, backend: Backend) -> None:
+    guard = node("echo_presence.mjs", "2")
+    guard.expect("here")
+    first_tab = node("echo_presence.mjs", "1")
+    first_tab.expect("here")
+    assert guard.expect("joining")["member"] == member(1)
+
+    second_tab = node("echo_presence.mjs", "1")
+    assert sorted(m["id"] for m in second_tab.expect("here")["members"]) == [1, 2]
+    first_tab.quit()
+
+    def settle() -> None:
+        """Returns once everything the server sent the guard before now has arrived."""
+        backend.sdk.trigger("presence-room", "barrier", {})
+        guard.expect("barrier")
+
+    settle()
+    # The user is still there in the second tab: no second joining, no leaving yet.
+    assert (len(guard.lines("joining")), guard.lines("leaving")) == (1, [])
+    assert first_tab.lines("joining") == []
+
+    second_tab.quit()
+    assert guard.expect("leaving")["member"] == member(1)
+    settle()
+    assert len(guard.lines("leaving")) == 1
+    guard.quit()
 
 
 def test_whisper_reaches_others_not_the_sender(node: NodeFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -71,3 +72,25 @@ def test_encrypted_channel_is_decrypted_by_pusher_js(node: NodeFactory, backend:
     assert "Juan" not in json.dumps(wire)
     (auth,) = [r for r in backend.requests if r.params.get("channel_name") == channel]
     assert auth.status == 200
+
+
+def test_cache_channel_replays_last_event_to_new_subscriber(
+    node: NodeFactory, target: Target
+) -> None:
+    # Unique, because an external server (INTEROP_EXTERNAL_SERVER) keeps its cache between runs.
+    channel = f"cache-gate-status-{uuid.uuid4().hex[:8]}"
+    first = node("pusher_cache.mjs", channel, "gate.changed")
+    first.expect("subscribed", channel=channel)
+    first.expect("cache_miss", channel=channel)
+
+    status = {"gate": "norte", "open": False, "changed_by": "portería 🚧"}
+    target.sdk().trigger(channel, "gate.changed", status)
+    assert first.expect("event")["data"] == status
+    first.finish()
+
+    # Pusher keeps the cache for its TTL even with nobody subscribed (Reverb drops it then).
+    late = node("pusher_cache.mjs", channel, "gate.changed")
+    late.expect("subscribed", channel=channel)
+    assert late.expect("event")["data"] == status
+    late.finish()
+    assert late.lines("cache_miss") == []
