@@ -17,7 +17,7 @@ function required(name) {
   return value;
 }
 
-export const config = {
+const config = {
   host: required('INTEROP_HOST'),
   port: Number(required('INTEROP_PORT')),
   key: required('INTEROP_KEY'),
@@ -61,7 +61,7 @@ export function onCommand(handler) {
  * Reports every protocol frame and connection state the client sees, so that a failing test can
  * show exactly what went over the wire.
  */
-export function trace(pusher) {
+function trace(pusher) {
   pusher.connection.bind('state_change', ({ previous, current }) =>
     emit('state', { previous, current, socket_id: pusher.connection.socket_id ?? null }),
   );
@@ -71,8 +71,8 @@ export function trace(pusher) {
   );
 }
 
-/** Client options a Laravel app's bootstrap/echo.js would pass for a self-hosted server. */
-export function clientOptions(bearerToken) {
+/** Options a pusher-js app passes for a self-hosted server (no cluster, plain ws://). */
+function clientOptions(bearerToken) {
   const headers = bearerToken ? { Authorization: `Bearer ${bearerToken}` } : {};
   return {
     cluster: '',
@@ -82,8 +82,6 @@ export function clientOptions(bearerToken) {
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
-    activityTimeout: 30000,
-    pongTimeout: 10000,
     channelAuthorization: { endpoint: `${config.authUrl}/broadcasting/auth`, headers },
     userAuthentication: { endpoint: `${config.authUrl}/broadcasting/user-auth`, headers },
   };
