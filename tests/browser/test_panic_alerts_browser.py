@@ -132,6 +132,7 @@ class Browser:
     """Client side of driver.mjs's line protocol; every call has a deadline."""
 
     def __init__(self, log: Path) -> None:
+        self.log = log
         self.stderr = log.open("wb")
         self.process = subprocess.Popen(
             ["node", str(DRIVER)],
@@ -156,7 +157,10 @@ class Browser:
         try:
             return self.replies.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"browser driver did not answer within {timeout} s") from None
+            state = "exited" if self.process.poll() is not None else "is silent"
+            raise AssertionError(
+                f"browser driver {state} (waited {timeout} s):\n{tail(self.log)}"
+            ) from None
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         assert self.process.stdin is not None
