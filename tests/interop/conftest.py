@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import INTEROP_DIR, Backend, NodeClient, Target, reverb_py_server
+from .harness import INTEROP_DIR, Backend, NodeClient, ReverbPy, Target
 
 NodeFactory = Callable[..., NodeClient]
 
@@ -37,17 +37,27 @@ def node_modules() -> Path:
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> Iterator[Target]:
-    """A fresh server per test, so that one scenario's channels never leak into another's."""
-    external = os.environ.get("INTEROP_EXTERNAL_SERVER")
-    if external:
-        yield Target.parse(external)
+def reverb_py(tmp_path: Path) -> Iterator[ReverbPy | None]:
+    """A fresh reverb-py per test, so that one scenario's channels never leak into another's.
+
+    None when INTEROP_EXTERNAL_SERVER points the suite at a server it does not control.
+    """
+    if os.environ.get("INTEROP_EXTERNAL_SERVER"):
+        yield None
         return
-    log = tmp_path / "reverb-py.log"
-    with reverb_py_server(log) as running:
-        yield running
+    server = ReverbPy(tmp_path / "reverb-py.log")
+    server.start()
+    yield server
+    server.stop()
     # pytest shows captured teardown output only when the test failed: the server's side of it.
-    print(f"--- reverb-py log ---\n{log.read_text(errors='replace')}")
+    print(f"--- reverb-py log ---\n{server.log()}")
+
+
+@pytest.fixture
+def target(reverb_py: ReverbPy | None) -> Target:
+    if reverb_py is None:
+        return Target.parse(os.environ["INTEROP_EXTERNAL_SERVER"])
+    return reverb_py.target
 
 
 @pytest.fixture
@@ -70,8 +80,10 @@ def node(node_modules: Path, target: Target, backend: Backend) -> Iterator[NodeF
         "INTEROP_TIMEOUT_MS": "15000",
     }
 
-    def start(script: str, *args: str) -> NodeClient:
-        client = NodeClient(script, list(args), env)
+    def start(script: str, *args: str, port: int | None = None) -> NodeClient:
+        """`port` sends the client somewhere other than the server itself (an Ingress)."""
+        client_env = env if port is None else {**env, "INTEROP_PORT": str(port)}
+        client = NodeClient(script, list(args), client_env)
         started.append(client)
         return client
 

@@ -16,8 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -77,44 +76,117 @@ def _is_up(port: int) -> bool:
         return False
 
 
-@contextmanager
-def reverb_py_server(log_path: Path, **app_env: str) -> Iterator[Target]:
-    """Runs `python -m reverb_py start` exactly as an operator would and waits for /up.
+class ReverbPy:
+    """`python -m reverb_py start`, run exactly as an operator would, stopped with SIGTERM.
 
     The server is a separate process (not in-process) so that the clients see the real CLI,
-    configuration loading and event loop, and so that a crash shows up as a failed test.
+    configuration loading and event loop, and so that a crash shows up as a failed test. It can
+    be stopped and started again on the same port, as a rolling update replaces a pod.
     """
-    target = Target("127.0.0.1", free_port(), "4242", "interop-key", "interop-secret")
-    # The developer's own REVERB_* settings (a scaling flag, say) must not change the scenario.
-    inherited = {name: value for name, value in os.environ.items() if name[:7] != "REVERB_"}
-    env = {
-        **inherited,
-        "REVERB_APP_ID": target.app_id,
-        "REVERB_APP_KEY": target.key,
-        "REVERB_APP_SECRET": target.secret,
-        **app_env,
-    }
-    command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
-    command += ["--port", str(target.port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
-    try:
+
+    def __init__(self, log_path: Path, drain_seconds: int = 1) -> None:
+        self.target = Target("127.0.0.1", free_port(), "4242", "interop-key", "interop-secret")
+        self.log_path = log_path
+        # Short, so that a SIGTERM with clients still connected does not stall the suite.
+        self.drain_seconds = drain_seconds
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Starts the server and returns once /up answers."""
+        # The developer's own REVERB_* settings (a scaling flag, say) must not change the scenario.
+        inherited = {name: value for name, value in os.environ.items() if name[:7] != "REVERB_"}
+        env = {
+            **inherited,
+            "REVERB_APP_ID": self.target.app_id,
+            "REVERB_APP_KEY": self.target.key,
+            "REVERB_APP_SECRET": self.target.secret,
+        }
+        command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
+        command += ["--port", str(self.target.port), "--drain-seconds", str(self.drain_seconds)]
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        self._process = process
         deadline = time.monotonic() + 15
-        while not _is_up(target.port):
+        while not _is_up(self.target.port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"reverb-py did not come up (exit code {process.poll()}):\n"
-                    + log_path.read_text(errors="replace")
-                )
+                self.stop()
+                raise RuntimeError(f"reverb-py did not come up:\n{self.log()}")
             time.sleep(0.05)
-        yield target
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM, as Kubernetes sends; returns the exit code (None if it had to be killed)."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                return None
+        return process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Ingress:
+    """A TCP relay standing in for a Kubernetes Service in front of the server's pods.
+
+    New connections go to whichever port it routes to at the time; established ones stay where
+    they are. That is what makes a rolling update testable on one machine: the replacement is up
+    and routed to before the old server gets SIGTERM, as Kubernetes orders it.
+    """
+
+    def __init__(self, backend_port: int) -> None:
+        self.backend_port = backend_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def route_to(self, backend_port: int) -> None:
+        self.backend_port = backend_port
+
+    def __enter__(self) -> Ingress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._thread.join()
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.backend_port))
+            except OSError:
+                downstream.close()
+                continue
+            self._sockets += [downstream, upstream]
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=_relay, args=(source, sink), daemon=True).start()
+
+
+def _relay(source: socket.socket, sink: socket.socket) -> None:
+    """Copies one direction until EOF, then passes the EOF on (half-close, as a proxy does)."""
+    with suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 @dataclass(frozen=True)

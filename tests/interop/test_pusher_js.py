@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from .conftest import NodeFactory
-from .harness import Backend, Target
+from .harness import Backend, Ingress, ReverbPy, Target
 
 pytestmark = pytest.mark.interop
 
@@ -94,3 +96,37 @@ def test_cache_channel_replays_last_event_to_new_subscriber(
     assert late.expect("event")["data"] == status
     late.finish()
     assert late.lines("cache_miss") == []
+
+
+def test_pusher_js_follows_a_rolling_update(
+    node: NodeFactory, reverb_py: ReverbPy | None, tmp_path: Path
+) -> None:
+    if reverb_py is None:
+        pytest.skip("replaces the server, so it needs reverb-py under the suite's control")
+    with Ingress(reverb_py.target.port) as ingress:
+        client = node("public_event.mjs", "alerts", "alert", "1", port=ingress.port)
+        client.expect("subscribed", channel="alerts")
+
+        replacement = ReverbPy(tmp_path / "replacement.log")
+        replacement.start()
+        try:
+            ingress.route_to(replacement.target.port)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                # SIGTERM must tell the client to reconnect; pusher-js then resubscribes by itself.
+                stopping = pool.submit(reverb_py.stop)
+                client.expect("subscribed", channel="alerts")
+                alert = {"alert_id": 124, "status": "triggered"}
+                replacement.target.sdk().trigger("alerts", "alert", alert)
+                assert client.expect("event")["data"] == alert
+                client.finish()
+                assert stopping.result(timeout=30) == 0, reverb_py.log()
+        finally:
+            replacement.stop()
+            print(f"--- replacement reverb-py log ---\n{replacement.log()}")
+
+    # pusher-js reports the pusher:error frame and the close code alike; both must say "reconnect".
+    errors = [line["error"] for line in client.lines("connection_error")]
+    codes = {error["data"]["code"] for error in errors if error["type"] == "PusherError"}
+    assert codes and all(4200 <= code <= 4299 for code in codes), errors
+    states = client.lines("state")
+    assert len({line["socket_id"] for line in states if line["current"] == "connected"}) == 2
