@@ -94,6 +94,7 @@ class Settings:
     write_buffer_limit: int = 1_048_576
     scaling_enabled: bool = False
     scaling_channel: str = "reverb"
+    scaling_node_timeout: float = 10.0
     redis: RedisSettings = field(default_factory=RedisSettings)
     drain_seconds: float = 10.0
     metrics_enabled: bool = False
@@ -266,6 +267,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "write_buffer_limit": ("REVERB_WRITE_BUFFER_LIMIT", lambda n, v: _to_int(n, v, 16_384)),
     "scaling_enabled": ("REVERB_SCALING_ENABLED", _to_bool),
     "scaling_channel": ("REVERB_SCALING_CHANNEL", _to_str),
+    "scaling_node_timeout": ("REVERB_SCALING_NODE_TIMEOUT", _to_positive_float),
     "drain_seconds": ("REVERB_DRAIN_SECONDS", lambda n, v: float(_to_int(n, v, 0))),
     "metrics_enabled": ("REVERB_METRICS_ENABLED", _to_bool),
     "metrics_port": ("REVERB_METRICS_PORT", lambda n, v: _to_int(n, v, 1, 65535)),
@@ -402,7 +404,11 @@ def load_settings(
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError("--tls-cert/--tls-key: give both the certificate and the key")
 
-    redis_env = {**{k.upper(): str(v) for k, v in toml.get("redis", {}).items()}, **env}
+    toml_redis = toml.get("redis", {})
+    if not isinstance(toml_redis, dict):
+        raise ConfigError("--config: [redis] must be a table")
+    # [redis] url/host/port/username/password/db read like Laravel's REDIS_* variables.
+    redis_env = {**{f"REDIS_{k.upper()}": str(v) for k, v in toml_redis.items()}, **env}
     if values.get("scaling_enabled") or redis_env.get("REDIS_URL") or env.get("REDIS_HOST"):
         values["redis"] = RedisSettings(url=_redis_url(redis_env))
 

@@ -18,6 +18,7 @@ from reverb_py.pusher import messages
 from reverb_py.pusher.http_api import HttpApi
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.pusher.session import Session
+from reverb_py.scaling.cluster import Cluster
 from reverb_py.transport.connection import Connection, WebSocketHandler
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
 
@@ -27,6 +28,7 @@ SUPPORTED_PROTOCOLS = range(5, 8)
 _UP = json_response(200, {"health": "OK"})
 _READY = json_response(200, {"ready": True})
 _DRAINING = error_response(503, "Draining: connect to another replica")
+_REDIS_DOWN = error_response(503, "The Redis link to the other replicas is down")
 
 
 class Refused:
@@ -80,11 +82,13 @@ class PusherEndpoint:
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster) -> None:
         self.settings = settings
         self.prefix = settings.path
         self.debug = settings.debug
-        self.hubs_by_id: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
+        self.cluster = cluster
+        self.hubs_by_id: dict[str, AppHub] = {app.id: AppHub(app, cluster) for app in settings.apps}
+        cluster.hubs = self.hubs_by_id
         self.hubs_by_key: dict[str, AppHub] = {hub.app.key: hub for hub in self.hubs_by_id.values()}
         self.api = HttpApi(self.hubs_by_id, self.prefix)
         self.draining = False
@@ -99,7 +103,10 @@ class Router:
     # HTTP --------------------------------------------------------------------------------
 
     def handle_http(self, request: HttpRequest) -> HttpResponse:
-        path = self._strip_prefix(request.path)
+        # Health answers at the root too, so probes need not know the path prefix.
+        path = (
+            request.path if request.path in ("/up", "/ready") else self._strip_prefix(request.path)
+        )
         if path is None:
             return error_response(404, "Not found")
         if path.startswith("/apps/"):
@@ -111,7 +118,9 @@ class Router:
                 return error_response(405, "Method not allowed", (("Allow", "GET"),))
             if path == "/up":
                 return _UP
-            return _DRAINING if self.draining else _READY
+            if self.draining:
+                return _DRAINING
+            return _READY if self.cluster.ready else _REDIS_DOWN
         if path.startswith("/app/"):
             return error_response(426, "This endpoint needs a WebSocket upgrade")
         return error_response(404, "Not found")
@@ -147,7 +156,7 @@ class Router:
         app = hub.app
         if not origin_allowed(app, request.headers.get("origin")):
             return ErrorCode.UNAUTHORIZED, "Origin not allowed"
-        if app.max_connections is not None and len(hub.sessions) >= app.max_connections:
+        if app.max_connections is not None and hub.connection_count() >= app.max_connections:
             return ErrorCode.OVER_CONNECTION_QUOTA, "Application is over connection quota"
         return None
 

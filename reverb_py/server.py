@@ -15,10 +15,13 @@ import resource
 import signal
 import ssl
 import time
+import uuid
 
 from reverb_py.config import Settings
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.router import Router
+from reverb_py.scaling.cluster import Cluster
+from reverb_py.scaling.redis import RedisLink
 from reverb_py.transport.connection import Connection, ConnectionLimits, WriteCoalescer
 
 logger = logging.getLogger("reverb_py.server")
@@ -47,7 +50,13 @@ def sweep_interval(settings: Settings) -> float:
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.router = Router(settings)
+        self.cluster = Cluster(uuid.uuid4().hex[:12], settings.scaling_node_timeout)
+        self.router = Router(settings, self.cluster)
+        self.link: RedisLink | None = None
+        if settings.scaling_enabled:
+            self.link = RedisLink(settings.redis.url, settings.scaling_channel, self.cluster)
+            self.cluster.link = self.link
+        self._next_heartbeat = 0.0
         self.connections: set[Connection] = set()
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -85,6 +94,8 @@ class Server:
             backlog=4096,
             reuse_address=True,
         )
+        if self.link is not None:
+            await self.link.start()
         self._sweeper = loop.create_task(self._sweep_forever(sweep_interval(settings)))
 
     async def _sweep_forever(self, interval: float) -> None:
@@ -96,6 +107,11 @@ class Server:
                 logger.exception("sweep failed")
 
     def sweep(self, now: float, loop_time: float) -> None:
+        if self.link is not None:
+            self.cluster.reap(now)
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.settings.scaling_node_timeout / 5
+                self.cluster.heartbeat()
         for hub in self.router.hubs_by_id.values():
             for session in list(hub.sessions.values()):
                 session.check_liveness(now)
@@ -128,10 +144,10 @@ class Server:
             steps = max(1, min(len(sessions), int(window * 10)))
             per_step = -(-len(sessions) // steps)
             for start in range(0, len(sessions), per_step):
+                if start and window:
+                    await asyncio.sleep(window / steps)
                 for session in sessions[start : start + per_step]:
                     session.close(ErrorCode.RECONNECT, "Server is shutting down, reconnect")
-                if window:
-                    await asyncio.sleep(window / steps)
         deadline = time.monotonic() + STUCK_CLOSING_SECONDS
         while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -148,6 +164,8 @@ class Server:
             for connection in list(self.connections):
                 connection.abort()
             await self._listener.wait_closed()
+        if self.link is not None:
+            await self.link.close()
         self._stopped.set()
 
     async def run_until_signalled(self) -> None:

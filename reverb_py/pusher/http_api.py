@@ -200,16 +200,13 @@ class HttpApi:
         return Event(name, data, tuple(channels), socket_id, attributes)
 
     def _publish(self, hub: AppHub, event: Event) -> None:
-        excluded = hub.sessions.get(event.socket_id) if event.socket_id else None
-        now = time.monotonic()
         for channel in event.channels:
             payload = messages.encode_event(event.name, event.data, channel)
             if channel.startswith(SERVER_TO_USER_PREFIX):
-                hub.publish_to_user(channel[len(SERVER_TO_USER_PREFIX) :], payload, excluded)
-                continue
-            if channel_type(channel).cached:
-                hub.remember(channel, event.name, event.data, payload, now)
-            hub.publish(channel, payload, excluded)
+                user_id = channel[len(SERVER_TO_USER_PREFIX) :]
+                hub.send_to_user(user_id, payload, event.socket_id)
+            else:
+                hub.broadcast(channel, payload, event.socket_id, channel_type(channel).cached)
 
     # Queries -----------------------------------------------------------------------------
 
@@ -228,10 +225,7 @@ class HttpApi:
         attributes = _attributes(params)
         if "user_count" in attributes and not prefix.startswith("presence-"):
             raise ApiError(400, "info=user_count requires filter_by_prefix=presence-")
-        channels = {
-            channel.name: self._info(hub, channel.name, attributes)
-            for channel in hub.occupied_channels(prefix)
-        }
+        channels = {name: self._info(hub, name, attributes) for name in hub.channel_names(prefix)}
         return json_response(200, {"channels": channels})
 
     def _channel(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
@@ -248,11 +242,10 @@ class HttpApi:
         if "cache" in attributes:
             now = time.monotonic()
             entry = hub.cached(name, now)
-            body["cache"] = (
-                {"event": entry.event, "data": entry.data, "ttl": int(entry.expires_at - now)}
-                if entry is not None
-                else None
-            )
+            body["cache"] = None
+            if entry is not None:
+                event, data = entry.event_and_data()
+                body["cache"] = {"event": event, "data": data, "ttl": int(entry.expires_at - now)}
         return json_response(200, body)
 
     def _channel_users(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
@@ -262,12 +255,10 @@ class HttpApi:
         return json_response(200, {"users": [{"id": uid} for uid in hub.member_ids(name)]})
 
     def _connections(self, hub: AppHub, _: HttpRequest, __: list[str]) -> HttpResponse:
-        return json_response(200, {"connections": len(hub.sessions)})
+        return json_response(200, {"connections": hub.connection_count()})
 
     def _terminate(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
-        user_id = unquote(route[1])
-        for session in hub.sessions_of_user(user_id):
-            session.close(messages.ErrorCode.UNAUTHORIZED, "You got disconnected by the app.")
+        hub.terminate_user(unquote(route[1]))
         return _EMPTY
 
 

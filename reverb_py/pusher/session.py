@@ -348,4 +348,4 @@ class Session:
             record = channel.members.get(member_key) if channel and channel.members else None
             user_id = record.user_id if record is not None else member_key
         payload = messages.encode_event(message.event, message.data, name, user_id)
-        self.hub.publish(name, payload, except_session=self)
+        self.hub.broadcast(name, payload, except_socket_id=self.socket_id)

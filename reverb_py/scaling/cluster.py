@@ -1,0 +1,238 @@
+"""The bridge between this node's hubs and the other replicas.
+
+Without a link (the default, one process) the cluster is just this node: nothing is forwarded
+and every query sees only local state. With a link (Redis), every change that other replicas
+must know about is forwarded as an operation, and operations from other replicas are applied
+to the local hubs and to the mirror of their state (`ClusterState`).
+
+Operations on the wire (JSON arrays; `payload` is the Pusher frame as a string):
+  ["e", app, channel, payload, socket_id|null, cache]  an event for a channel
+  ["u", app, user_id, payload, socket_id|null]        an event for a signed-in user
+  ["t", app, user_id]                                  terminate that user's connections
+  ["p+", app, channel, key, user_id, user_info]        this node gained a presence member
+  ["p-", app, channel, key]                            this node lost a presence member
+  ["c", app, channel, delta]                           subscription count change
+  ["hb", {app: connections}]                           heartbeat
+  ["snap", state, cache, reply]                        a node's full state (reply: send yours)
+  ["bye"]                                              the node is stopping
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reverb_py.scaling.state import (
+    ClusterState,
+    Transition,
+    snapshot_from_wire,
+    snapshot_to_wire,
+)
+
+if TYPE_CHECKING:
+    from reverb_py.hub import AppHub
+
+logger = logging.getLogger("reverb_py.cluster")
+
+Op = list[Any]
+
+
+class Link(Protocol):
+    """Carries operations to every other replica, in order."""
+
+    connected: bool
+
+    def send(self, op: Op) -> None: ...
+
+
+class Cluster:
+    def __init__(self, node_id: str, node_timeout: float = 10.0) -> None:
+        self.node_id = node_id
+        self.node_timeout = node_timeout
+        self.hubs: dict[str, AppHub] = {}
+        self.state = ClusterState(self._local_has)
+        self.link: Link | None = None
+        self._connected_since: float | None = None
+
+    def _local_has(self, app_id: str, channel: str, key: str) -> bool:
+        hub = self.hubs.get(app_id)
+        found = hub.channels.get(channel) if hub is not None else None
+        return found is not None and found.members is not None and key in found.members
+
+    @property
+    def ready(self) -> bool:
+        """False while a configured link to the other replicas is down."""
+        return self.link is None or self.link.connected
+
+    def _send(self, op: Op) -> None:
+        link = self.link
+        if link is not None:
+            link.send(op)
+
+    # Outgoing: called by the hubs ---------------------------------------------------------
+
+    def forward_event(
+        self, app_id: str, channel: str, payload: bytes, socket_id: str | None, cache: bool
+    ) -> None:
+        if self.link is not None:
+            self.link.send(["e", app_id, channel, payload.decode(), socket_id, cache])
+
+    def forward_to_user(
+        self, app_id: str, user_id: str, payload: bytes, socket_id: str | None
+    ) -> None:
+        if self.link is not None:
+            self.link.send(["u", app_id, user_id, payload.decode(), socket_id])
+
+    def forward_terminate(self, app_id: str, user_id: str) -> None:
+        self._send(["t", app_id, user_id])
+
+    def member_joined(
+        self, app_id: str, channel: str, key: str, user_id: Any, user_info: Any
+    ) -> bool:
+        """This node got its first socket for the user; True if the user is new cluster-wide."""
+        self._send(["p+", app_id, channel, key, user_id, user_info])
+        return not self.state.remote_has(app_id, channel, key)
+
+    def member_left(self, app_id: str, channel: str, key: str) -> bool:
+        """This node lost its last socket for the user; True if the user is gone everywhere."""
+        self._send(["p-", app_id, channel, key])
+        return not self.state.remote_has(app_id, channel, key)
+
+    def subscriptions_changed(self, app_id: str, channel: str, delta: int) -> None:
+        if self.link is not None:
+            self.link.send(["c", app_id, channel, delta])
+
+    # Membership of the cluster -------------------------------------------------------------
+
+    def announce(self, reply: bool) -> None:
+        """Send our whole state: on start and after every reconnect, it replaces whatever the
+        others believed about us (deltas may have been lost while Redis was away)."""
+        self._send(["snap", self._snapshot(), self._cache_snapshot(), reply])
+
+    def heartbeat(self) -> None:
+        self._send(["hb", {app_id: len(hub.sessions) for app_id, hub in self.hubs.items()}])
+
+    def goodbye(self) -> None:
+        self._send(["bye"])
+
+    def link_up(self, now: float) -> None:
+        self._connected_since = now
+        self.state.touch_all(now)
+        self.announce(reply=True)
+
+    def link_down(self) -> None:
+        self._connected_since = None
+
+    def reap(self, now: float) -> None:
+        """Forget replicas that stopped heartbeating (killed, partitioned). Only while our own
+        link has been up for a full timeout: if we cannot hear anyone, it is not their fault."""
+        since = self._connected_since
+        if since is None or now - since < self.node_timeout:
+            return
+        for node_id in self.state.expired(now, self.node_timeout):
+            transitions = self.state.forget(node_id)
+            logger.warning(
+                "replica %s stopped heartbeating: removed it (%d presence members gone)",
+                node_id,
+                sum(1 for t in transitions if not t.joined),
+            )
+            self._deliver(transitions)
+
+    # Incoming: operations from other replicas --------------------------------------------
+
+    def receive(self, sender: str, ops: list[Op], now: float | None = None) -> None:
+        if sender == self.node_id:
+            return
+        now = time.monotonic() if now is None else now
+        self.state.seen(sender, now)
+        for op in ops:
+            try:
+                self._apply(sender, op, now)
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError):
+                logger.warning("ignoring a malformed operation from replica %s", sender)
+
+    def _apply(self, sender: str, op: Op, now: float) -> None:
+        kind = op[0]
+        state = self.state
+        if kind == "e":
+            _, app_id, channel, payload, socket_id, cache = op
+            hub = self.hubs.get(app_id)
+            if hub is not None:
+                data = payload.encode()
+                if cache:
+                    hub.remember(channel, data, now)
+                hub.publish(channel, data, socket_id)
+        elif kind == "u":
+            _, app_id, user_id, payload, socket_id = op
+            hub = self.hubs.get(app_id)
+            if hub is not None:
+                hub.publish_to_user(user_id, payload.encode(), socket_id)
+        elif kind == "t":
+            hub = self.hubs.get(op[1])
+            if hub is not None:
+                hub.terminate_local(op[2])
+        elif kind == "p+":
+            _, app_id, channel, key, user_id, info = op
+            self._deliver(state.member_added(sender, app_id, channel, key, user_id, info, now))
+        elif kind == "p-":
+            _, app_id, channel, key = op
+            self._deliver(state.member_removed(sender, app_id, channel, key, now))
+        elif kind == "c":
+            _, app_id, channel, delta = op
+            state.channel_counts(sender, app_id, {channel: int(delta)}, now)
+        elif kind == "hb":
+            state.heartbeat(sender, {k: int(v) for k, v in op[1].items()}, now)
+        elif kind == "snap":
+            _, snapshot, cache, reply = op
+            self._deliver(state.replace(sender, snapshot_from_wire(snapshot, now), now))
+            self._adopt_cache(cache, now)
+            if reply:
+                self.announce(reply=False)
+        elif kind == "bye":
+            logger.info("replica %s left the cluster", sender)
+            self._deliver(state.forget(sender))
+
+    def _deliver(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            hub = self.hubs.get(transition.app_id)
+            if hub is not None:
+                hub.deliver_member_event(transition)
+
+    # Snapshots ---------------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        return snapshot_to_wire(
+            (
+                app_id,
+                len(hub.sessions),
+                {name: len(channel.subscribers) for name, channel in hub.channels.items()},
+                {
+                    name: {key: (m.user_id, m.user_info) for key, m in channel.members.items()}
+                    for name, channel in hub.channels.items()
+                    if channel.members
+                },
+            )
+            for app_id, hub in self.hubs.items()
+        )
+
+    def _cache_snapshot(self) -> dict[str, dict[str, list[Any]]]:
+        now = time.monotonic()
+        return {
+            app_id: {
+                name: [entry.payload.decode(), entry.expires_at - now]
+                for name, entry in hub.cache.items()
+                if entry.expires_at > now
+            }
+            for app_id, hub in self.hubs.items()
+        }
+
+    def _adopt_cache(self, cache: dict[str, dict[str, list[Any]]], now: float) -> None:
+        for app_id, entries in cache.items():
+            hub = self.hubs.get(app_id)
+            if hub is None:
+                continue
+            for name, (payload, ttl) in entries.items():
+                current = hub.cache.get(name)
+                if current is None or current.expires_at < now + float(ttl):
+                    hub.remember(name, payload.encode(), now, ttl=float(ttl))

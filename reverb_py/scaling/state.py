@@ -1,0 +1,196 @@
+"""What this node knows about the other replicas: pure bookkeeping, no I/O.
+
+Every replica owns its own contribution (channel subscription counts, presence members,
+connection counts) and announces changes on the bus; every replica mirrors everyone else's.
+Presence is a user on a channel being present on at least one node, so a node reports a
+cluster-wide transition (absent -> present, present -> absent) only when its own view flips.
+Each node tells its own sockets about the transitions it sees, so every client hears one
+member_added and one member_removed per user, however many replicas and tabs are involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# (app id, channel) -> user key -> (user_id as given, user_info)
+Members = dict[str, tuple[Any, Any]]
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One remote node's contribution, as last announced."""
+
+    last_seen: float
+    connections: dict[str, int] = field(default_factory=dict)
+    channels: dict[tuple[str, str], int] = field(default_factory=dict)
+    members: dict[tuple[str, str], Members] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A presence change that this node's view of the cluster just went through."""
+
+    app_id: str
+    channel: str
+    user_id: Any
+    user_info: Any
+    joined: bool
+
+
+# Does the local node have this member? (app id, channel, user key) -> bool
+LocalHas = Callable[[str, str, str], bool]
+
+
+class ClusterState:
+    def __init__(self, local_has: LocalHas) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        self._local_has = local_has
+
+    # Queries -----------------------------------------------------------------------------
+
+    def remote_has(self, app_id: str, channel: str, key: str) -> bool:
+        target = (app_id, channel)
+        return any(key in node.members.get(target, ()) for node in self.nodes.values())
+
+    def subscriptions(self, app_id: str, channel: str) -> int:
+        target = (app_id, channel)
+        return sum(node.channels.get(target, 0) for node in self.nodes.values())
+
+    def channels(self, app_id: str) -> set[str]:
+        return {
+            channel
+            for node in self.nodes.values()
+            for (app, channel), count in node.channels.items()
+            if app == app_id and count > 0
+        }
+
+    def members(self, app_id: str, channel: str) -> Members:
+        merged: Members = {}
+        target = (app_id, channel)
+        for node in self.nodes.values():
+            merged.update(node.members.get(target, {}))
+        return merged
+
+    def connections(self, app_id: str) -> int:
+        return sum(node.connections.get(app_id, 0) for node in self.nodes.values())
+
+    # Updates: each returns the presence transitions the change caused ---------------------
+
+    def seen(self, node_id: str, now: float) -> NodeState:
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = NodeState(last_seen=now)
+        node.last_seen = now
+        return node
+
+    def member_added(
+        self, node_id: str, app_id: str, channel: str, key: str, user_id: Any, info: Any, now: float
+    ) -> list[Transition]:
+        present = self._present(app_id, channel, key)
+        self.seen(node_id, now).members.setdefault((app_id, channel), {})[key] = (user_id, info)
+        return [] if present else [Transition(app_id, channel, user_id, info, joined=True)]
+
+    def member_removed(
+        self, node_id: str, app_id: str, channel: str, key: str, now: float
+    ) -> list[Transition]:
+        node = self.seen(node_id, now)
+        members = node.members.get((app_id, channel))
+        if not members or key not in members:
+            return []
+        user_id, info = members.pop(key)
+        if not members:
+            del node.members[(app_id, channel)]
+        if self._present(app_id, channel, key):
+            return []
+        return [Transition(app_id, channel, user_id, info, joined=False)]
+
+    def channel_counts(self, node_id: str, app_id: str, deltas: dict[str, int], now: float) -> None:
+        channels = self.seen(node_id, now).channels
+        for channel, delta in deltas.items():
+            count = channels.get((app_id, channel), 0) + delta
+            if count > 0:
+                channels[(app_id, channel)] = count
+            else:
+                channels.pop((app_id, channel), None)
+
+    def heartbeat(self, node_id: str, connections: dict[str, int], now: float) -> None:
+        self.seen(node_id, now).connections = connections
+
+    def replace(self, node_id: str, snapshot: NodeState, now: float) -> list[Transition]:
+        """A full snapshot of a node (on start, or after a Redis outage): adopt it and report
+        what changed compared to what we believed."""
+        was_present = {
+            (target, key)
+            for target, members in snapshot.members.items()
+            for key in members
+            if self._present(target[0], target[1], key)
+        }
+        old = self.nodes.pop(node_id, None)
+        transitions = self._removed_members(old, keep=snapshot) if old is not None else []
+        snapshot.last_seen = now
+        self.nodes[node_id] = snapshot
+        for (app_id, channel), members in snapshot.members.items():
+            for key, (user_id, info) in members.items():
+                if ((app_id, channel), key) not in was_present:
+                    transitions.append(Transition(app_id, channel, user_id, info, joined=True))
+        return transitions
+
+    def forget(self, node_id: str) -> list[Transition]:
+        """A node left (gracefully, or it stopped heartbeating): drop everything it had."""
+        node = self.nodes.pop(node_id, None)
+        return self._removed_members(node) if node is not None else []
+
+    def expired(self, now: float, timeout: float) -> list[str]:
+        return [node_id for node_id, node in self.nodes.items() if now - node.last_seen > timeout]
+
+    def touch_all(self, now: float) -> None:
+        """After our own reconnect we heard nothing for a while through no fault of theirs."""
+        for node in self.nodes.values():
+            node.last_seen = now
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _present(self, app_id: str, channel: str, key: str) -> bool:
+        return self._local_has(app_id, channel, key) or self.remote_has(app_id, channel, key)
+
+    def _removed_members(self, node: NodeState, keep: NodeState | None = None) -> list[Transition]:
+        """Members `node` had that are now present nowhere (it is already out of `nodes`)."""
+        transitions = []
+        for (app_id, channel), members in node.members.items():
+            kept = keep.members.get((app_id, channel), {}) if keep is not None else {}
+            for key, (user_id, info) in members.items():
+                if key not in kept and not self._present(app_id, channel, key):
+                    transitions.append(Transition(app_id, channel, user_id, info, joined=False))
+        return transitions
+
+
+def snapshot_from_wire(data: dict[str, Any], now: float) -> NodeState:
+    """Inverse of `snapshot_to_wire` (JSON has no tuple keys, so apps nest channels)."""
+    node = NodeState(last_seen=now)
+    for app_id, app in data.items():
+        node.connections[app_id] = int(app.get("connections", 0))
+        for channel, count in app.get("channels", {}).items():
+            node.channels[(app_id, channel)] = int(count)
+        for channel, members in app.get("members", {}).items():
+            node.members[(app_id, channel)] = {
+                key: (value[0], value[1]) for key, value in members.items()
+            }
+    return node
+
+
+def snapshot_to_wire(
+    apps: Iterable[tuple[str, int, dict[str, int], dict[str, Members]]],
+) -> dict[str, Any]:
+    return {
+        app_id: {
+            "connections": connections,
+            "channels": channels,
+            "members": {
+                channel: {key: [user_id, info] for key, (user_id, info) in members.items()}
+                for channel, members in presence.items()
+            },
+        }
+        for app_id, connections, channels, presence in apps
+    }
