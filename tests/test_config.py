@@ -203,3 +203,11 @@ def test_cli_starts_with_no_config_and_prints_dev_credentials() -> None:
     assert process.returncode == 0
     assert "REVERB_APP_KEY=" in stderr
     assert "REVERB_APP_SECRET=" in stderr
+
+
+def test_redis_table_in_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "reverb.toml"
+    toml.write_text('[server]\nscaling_enabled = true\n[redis]\nhost = "cache"\nport = 6380\n')
+    settings = load_settings(environ={}, config_file=str(toml))
+    assert settings.scaling_enabled
+    assert settings.redis.url == "redis://cache:6380/0"

@@ -302,10 +302,23 @@ async def test_path_prefix(start_server: ServerFactory) -> None:
 async def test_routes_outside_the_prefix_are_not_found(start_server: ServerFactory) -> None:
     running = await start_server(path="/ws")
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-    writer.write(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\nGET /ws/up HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /apps/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /ws/up HTTP/1.1\r\nHost: x\r\n\r\n")
     first = await reader.readline()
     assert first.startswith(b"HTTP/1.1 404")
     await reader.readuntil(b'"code":404}')
     second = await reader.readline()
     writer.close()
+    assert second.startswith(b"HTTP/1.1 200")
+
+
+async def test_health_also_answers_at_the_root(start_server: ServerFactory) -> None:
+    """Probes and load balancers need not know the prefix."""
+    running = await start_server(path="/ws")
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = await reader.readline()
+    await reader.readuntil(b'{"health":"OK"}')
+    second = await reader.readline()
+    writer.close()
+    assert first.startswith(b"HTTP/1.1 200")
     assert second.startswith(b"HTTP/1.1 200")
