@@ -1,0 +1,161 @@
+"""Starting and stopping the servers under test, each pinned to one CPU.
+
+Every run gets a freshly started server, so that memory and CPU figures belong to that run alone.
+Both servers use the same app credentials, so the generator needs no per-server settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from benchmarks import system
+
+APP_ID, APP_KEY, APP_SECRET = "app-id", "app-key", "app-secret"
+SOKETI_SCRIPT = Path(os.environ.get("SOKETI_START", "/work/shared/peers/soketi/start.sh"))
+SOKETI_WORKDIR = Path(os.environ.get("SOKETI_WORKDIR", "/tmp/soketi-peer"))
+MANAGED = ("reverb-py", "soketi")
+
+
+class ServerError(RuntimeError):
+    """A server did not come up."""
+
+
+@dataclass
+class Target:
+    """A server to benchmark: one we start ourselves, or an address someone else runs."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    pid: int = 0  # for an external server: its pid, if known, for RSS and CPU figures
+
+    @property
+    def managed(self) -> bool:
+        return self.name in MANAGED
+
+
+@dataclass
+class Running:
+    target: Target
+    port: int
+    pid: int
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    log_file: IO[bytes] | None = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def parse_targets(spec: str, external_pid: int) -> list[Target]:
+    """`reverb-py`, `soketi`, `both`, or `HOST:PORT` of a server that is already running."""
+    if spec == "both":
+        return [Target("reverb-py"), Target("soketi")]
+    if spec in MANAGED:
+        return [Target(spec)]
+    host, _, port = spec.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--server must be reverb-py, soketi, both or HOST:PORT, not {spec!r}")
+    return [Target(spec, host, int(port), external_pid)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _command(name: str, port: int) -> tuple[list[str], str, float]:
+    """The command line, the readiness path and how long the first start may take."""
+    if name == "reverb-py":
+        command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
+        return [*command, "--port", str(port)], "/up", 30.0
+    if not SOKETI_SCRIPT.exists():
+        raise ServerError(f"soketi start script not found: {SOKETI_SCRIPT} (set SOKETI_START)")
+    # the first start installs soketi from npm
+    return ["bash", str(SOKETI_SCRIPT), str(port)], "/", 240.0
+
+
+def start(target: Target, cpu: int | None, env: dict[str, str], log_dir: Path) -> Running:
+    """Starts a managed server pinned to `cpu` and waits until it answers HTTP."""
+    if not target.managed:
+        return Running(target, target.port, target.pid)
+    port = free_port()
+    command, ready_path, timeout = _command(target.name, port)
+    environ = {
+        **os.environ,
+        "REVERB_APP_ID": APP_ID,
+        "REVERB_APP_KEY": APP_KEY,
+        "REVERB_APP_SECRET": APP_SECRET,
+        **env,
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.mkstemp(prefix=f"{target.name}-", suffix=".log", dir=log_dir)[1])
+    log_file = log.open("wb")
+    process = subprocess.Popen(
+        command,
+        cwd=system.REPO,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        preexec_fn=system.pinning(cpu),
+    )
+    # taskset-style pinning and `exec node` in start.sh keep this pid the server's own
+    running = Running(target, port, process.pid, process, log, log_file)
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}{ready_path}"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            code = process.returncode
+            raise ServerError(f"{target.name} exited with {code}:\n{running.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return running
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    stop(running)
+    raise ServerError(f"{target.name} not ready after {timeout:.0f} s:\n{running.log_tail()}")
+
+
+def stop(running: Running) -> None:
+    """SIGTERM, then SIGKILL after 15 s; only ever the process this module started."""
+    process = running.process
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if running.log_file is not None:
+        running.log_file.close()
+
+
+def versions() -> dict[str, str]:
+    """What was measured: the reverb-py commit and the installed soketi version."""
+    found = {"reverb-py": system.git_commit()}
+    package = SOKETI_WORKDIR / "node_modules" / "@soketi" / "soketi" / "package.json"
+    try:
+        found["soketi"] = json.loads(package.read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        found["soketi"] = "not installed yet"
+    return found
