@@ -41,6 +41,12 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
 @click.option("--debug", is_flag=True, default=None, help="Log every frame.")
 @click.option("--config", "config_file", type=click.Path(), help="TOML file (several apps).")
 @click.option("--env-file", type=click.Path(), help="A Laravel .env file to read.")
+@click.option(
+    "--scaling/--no-scaling",
+    "scaling_enabled",
+    default=None,
+    help="Link replicas through Redis (REVERB_SCALING_ENABLED).",
+)
 @click.option("--drain-seconds", type=int, help="Graceful drain window (REVERB_DRAIN_SECONDS).")
 @click.option("--tls-cert", help="PEM certificate: serve wss:// and https:// (REVERB_TLS_CERT).")
 @click.option("--tls-key", help="PEM private key for --tls-cert (REVERB_TLS_KEY).")

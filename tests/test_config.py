@@ -211,3 +211,15 @@ def test_redis_table_in_toml(tmp_path: Path) -> None:
     settings = load_settings(environ={}, config_file=str(toml))
     assert settings.scaling_enabled
     assert settings.redis.url == "redis://cache:6380/0"
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md must name every environment variable the server reads."""
+    from reverb_py import config
+
+    documented = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    names = [env for env, _ in config._APP_SETTINGS.values()]
+    names += [env for env, _ in config._SERVER_SETTINGS.values()]
+    names += ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB"]
+    missing = [name for name in names if f"`{name}`" not in documented]
+    assert missing == []
