@@ -65,6 +65,10 @@ class App:
     max_presence_user_info_size: int = 1_024
     max_user_id_length: int = 128
     client_event_rate_limit: int = 10
+    rate_limiting_enabled: bool = False
+    rate_limit_max_attempts: int = 60
+    rate_limit_decay_seconds: float = 60.0
+    rate_limit_terminate: bool = False
     cache_ttl: float = 1_800.0
     subscription_count: bool = False
     watchlist_events: bool = False
@@ -251,6 +255,13 @@ _APP_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         "REVERB_APP_CLIENT_EVENT_RATE_LIMIT",
         lambda n, v: _to_int(n, v, 0),
     ),
+    "rate_limiting_enabled": ("REVERB_APP_RATE_LIMITING_ENABLED", _to_bool),
+    "rate_limit_max_attempts": (
+        "REVERB_APP_RATE_LIMIT_MAX_ATTEMPTS",
+        lambda n, v: _to_int(n, v, 1),
+    ),
+    "rate_limit_decay_seconds": ("REVERB_APP_RATE_LIMIT_DECAY_SECONDS", _to_positive_float),
+    "rate_limit_terminate": ("REVERB_APP_RATE_LIMIT_TERMINATE", _to_bool),
     "cache_ttl": ("REVERB_APP_CACHE_TTL", _to_positive_float),
     "subscription_count": ("REVERB_APP_SUBSCRIPTION_COUNT", _to_bool),
     "watchlist_events": ("REVERB_APP_WATCHLIST_EVENTS", _to_bool),

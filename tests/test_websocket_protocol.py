@@ -322,3 +322,26 @@ async def test_health_also_answers_at_the_root(start_server: ServerFactory) -> N
     writer.close()
     assert first.startswith(b"HTTP/1.1 200")
     assert second.startswith(b"HTTP/1.1 200")
+
+
+async def test_reverb_rate_limiting(start_server: ServerFactory) -> None:
+    running = await start_server(app_with(rate_limiting_enabled=True, rate_limit_max_attempts=3))
+    client = await running.connect()
+    for _ in range(3):
+        await client.send("pusher:ping")
+        await client.expect("pusher:pong")
+    await client.send("pusher:ping")
+    error = await client.expect("pusher:error")
+    assert error["data"] == {"code": 4301, "message": "Rate limit exceeded"}
+
+
+async def test_reverb_rate_limiting_terminates(start_server: ServerFactory) -> None:
+    app = app_with(rate_limiting_enabled=True, rate_limit_max_attempts=1, rate_limit_terminate=True)
+    running = await start_server(app)
+    client = await running.connect()
+    await client.send("pusher:ping")
+    await client.expect("pusher:pong")
+    await client.send("pusher:ping")
+    await client.expect("pusher:error")
+    close = await closed_with(client.ws)
+    assert close.code == 4301

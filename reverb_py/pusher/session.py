@@ -56,6 +56,8 @@ class Session:
         "event_window",
         "hub",
         "idle_since",
+        "message_count",
+        "message_window",
         "pinged_at",
         "socket",
         "socket_id",
@@ -76,6 +78,8 @@ class Session:
         self.pinged_at: float | None = None
         self.event_window = 0.0
         self.event_count = 0
+        self.message_window = 0.0
+        self.message_count = 0
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -88,6 +92,8 @@ class Session:
             return
         if self.debug:
             frame_logger.debug("< %s %s", self.socket_id, data[:2048])
+        if self.app.rate_limiting_enabled and self._over_message_rate():
+            return
         try:
             if binary:
                 raise ProtocolViolation("Binary frames are not supported; send JSON text frames")
@@ -97,6 +103,24 @@ class Session:
         except Exception:
             logger.exception("unexpected error handling a message on %s", self.socket_id)
             self._send(messages.error(ErrorCode.RECONNECT, "Internal server error"))
+
+    def _over_message_rate(self) -> bool:
+        """Reverb's optional limiter: every inbound message counts, `max_attempts` per
+        `decay_seconds`; over it the message is refused with 4301 (and the socket closed when
+        the app says terminate)."""
+        app = self.app
+        now = time.monotonic()
+        if now - self.message_window >= app.rate_limit_decay_seconds:
+            self.message_window = now
+            self.message_count = 0
+        if self.message_count >= app.rate_limit_max_attempts:
+            if app.rate_limit_terminate:
+                self.close(ErrorCode.CLIENT_EVENT_REJECTED, "Rate limit exceeded")
+            else:
+                self._send(messages.error(ErrorCode.CLIENT_EVENT_REJECTED, "Rate limit exceeded"))
+            return True
+        self.message_count += 1
+        return False
 
     def on_write_overflow(self) -> None:
         logger.warning("closing %s: client is not reading, send buffer full", self.socket_id)
