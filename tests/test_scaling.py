@@ -210,16 +210,21 @@ async def test_client_events_users_and_terminate_across_replicas(replicas: Any) 
     assert error["data"]["code"] == 4009
 
 
-async def test_killed_replica_leaves_no_ghost(replicas: Any) -> None:
-    a, b = await replicas(2)
+async def watched_member(a: Replica, b: Replica, user: str) -> PusherSocket:
+    """A presence member on replica b, and its watcher on replica a (returned)."""
     watcher = await a.connect()
     await join(a, watcher, "presence-room", "watcher")
-    doomed = await b.connect()
+    member = await b.connect()
     await asyncio.sleep(0.1)
-    await join(b, doomed, "presence-room", "doomed")
+    await join(b, member, "presence-room", user)
     await watcher.expect("pusher_internal:member_added")
-    await doomed.subscribe("news")
+    await member.subscribe("news")
+    return watcher
 
+
+async def test_killed_replica_leaves_no_ghost(replicas: Any) -> None:
+    a, b = await replicas(2)
+    watcher = await watched_member(a, b, "doomed")
     b.stop(signal.SIGKILL)  # no goodbye
     removed = await watcher.expect("pusher_internal:member_removed", timeout=15)
     assert json.loads(removed["data"])["user_id"] == "doomed"
@@ -230,15 +235,11 @@ async def test_killed_replica_leaves_no_ghost(replicas: Any) -> None:
 
 async def test_graceful_stop_cleans_up_at_once(replicas: Any) -> None:
     a, b = await replicas(2)
-    watcher = await a.connect()
-    await join(a, watcher, "presence-room", "watcher")
-    leaving = await b.connect()
-    await asyncio.sleep(0.1)
-    await join(b, leaving, "presence-room", "leaving")
-    await watcher.expect("pusher_internal:member_added")
+    watcher = await watched_member(a, b, "leaving")
     assert await asyncio.to_thread(b.stop) == 0, b.logs()
     removed = await watcher.expect("pusher_internal:member_removed", timeout=1.5)
     assert json.loads(removed["data"])["user_id"] == "leaving"
+    assert await a.call(a.sdk().channel_info, "news") == {"occupied": False}
 
 
 async def test_cluster_wide_connection_limit(replicas: Any) -> None:
