@@ -20,13 +20,13 @@ from reverb_py.pusher.messages import ErrorCode
 from reverb_py.pusher.session import Session
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.transport.connection import Connection, WebSocketHandler
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
 
 logger = logging.getLogger("reverb_py.router")
 
 SUPPORTED_PROTOCOLS = range(5, 8)
-_UP = json_response(200, {"health": "OK"})
-_READY = json_response(200, {"ready": True})
+_UP = HttpResponse(200, b'{"health":"OK"}', static=True)
+_READY = HttpResponse(200, b'{"ready":true}', static=True)
 _DRAINING = error_response(503, "Draining: connect to another replica")
 _REDIS_DOWN = error_response(503, "The Redis link to the other replicas is down")
 

@@ -14,7 +14,7 @@ TIMESTAMP_WINDOW_SECONDS = 600
 
 
 def sign(secret: str, string_to_sign: str) -> str:
-    return hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), string_to_sign.encode(), "sha256").hex()
 
 
 def _matches(expected: str, given: str) -> bool:
@@ -47,7 +47,7 @@ def user_auth_valid(key: str, secret: str, socket_id: str, user_data: str, auth:
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), body, "sha256").hex()
 
 
 def api_string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:

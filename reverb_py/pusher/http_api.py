@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -27,7 +27,7 @@ from reverb_py.pusher.channels import (
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
 
 _SOCKET_ID = re.compile(r"\d+\.\d+")
-_EMPTY = HttpResponse(200, b"{}")
+_EMPTY = HttpResponse(200, b"{}", static=True)
 
 
 class ApiError(Exception):
@@ -109,21 +109,24 @@ class HttpApi:
         raise ApiError(404, "Not found")
 
     def _verify(self, hub: AppHub, request: HttpRequest) -> None:
-        full = request.path
-        bare = full[len(self.prefix) :] if self.prefix and full.startswith(self.prefix) else full
-        candidates = dict.fromkeys((full, unquote(full), bare, unquote(bare)))
         try:
             auth.verify_api_request(
                 key=hub.app.key,
                 secret=hub.app.secret,
                 method=request.method,
-                paths=candidates,
+                paths=self._signed_paths(request.path),
                 params=request.query(),
                 body=request.body,
                 now=self.clock(),
             )
         except auth.ApiAuthError as exc:
             raise ApiError(401, str(exc)) from None
+
+    def _signed_paths(self, full: str) -> Iterator[str]:
+        """The path as sent first; the other spellings are only computed if that fails."""
+        yield full
+        bare = full[len(self.prefix) :] if self.prefix and full.startswith(self.prefix) else full
+        yield from dict.fromkeys(p for p in (unquote(full), bare, unquote(bare)) if p != full)
 
     # Publishing --------------------------------------------------------------------------
 

@@ -303,12 +303,15 @@ class Connection(asyncio.Protocol):
             self._write_response(response, keep_alive)
 
     def _write_response(self, response: HttpResponse, keep_alive: bool) -> None:
+        """Queued like WebSocket frames: pipelined requests read together are answered with
+        one write, not one system call each."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(response.encode(keep_alive))
+        self.send(response.encode(keep_alive))
         if not keep_alive:
             self._parser = None
+            self.flush()
             transport.close()
 
     def _reply_and_close(self, response: HttpResponse) -> None:

@@ -22,7 +22,13 @@ class HttpRequest:
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self) -> list[tuple[str, str]]:
-        return parse_qsl(self.query_string, keep_blank_values=True)
+        text = self.query_string
+        if "%" in text or "+" in text:
+            return parse_qsl(text, keep_blank_values=True)
+        # Signed API queries are plain `k=v&k=v`: skip the general parser's unquoting.
+        return [
+            (pair.partition("=")[0], pair.partition("=")[2]) for pair in text.split("&") if pair
+        ]
 
 
 @dataclass(slots=True)
@@ -31,8 +37,19 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    # Constant responses (`{}` to a trigger, health) are encoded once per keep-alive state.
+    static: bool = False
+    _wire: dict[bool, bytes] = field(default_factory=dict, repr=False)
 
     def encode(self, keep_alive: bool) -> bytes:
+        if self.static:
+            wire = self._wire.get(keep_alive)
+            if wire is None:
+                wire = self._wire[keep_alive] = self._encode(keep_alive)
+            return wire
+        return self._encode(keep_alive)
+
+    def _encode(self, keep_alive: bool) -> bytes:
         phrase = _PHRASES.get(self.status, "Unknown")
         lines = [
             f"HTTP/1.1 {self.status} {phrase}",
