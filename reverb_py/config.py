@@ -252,7 +252,8 @@ def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
             raise ConfigError(f"{where}.url: must start with http:// or https://")
         event_types = item.get("event_types", [])
         headers = item.get("headers", {})
-        flt = item.get("filter") or {}
+        flt = item.get("filter")
+        flt = {} if flt is None else flt
         if not isinstance(event_types, list) or not isinstance(headers, dict):
             raise ConfigError(f"{where}: event_types must be a list and headers an object")
         if not isinstance(flt, dict):
