@@ -263,8 +263,10 @@ class Webhooks:
         for hooks in self.apps.values():
             hooks.flush()
         deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while time.monotonic() < deadline and any(
-            target.queue or target.in_flight for target in self.targets()
+        while (
+            self._tasks
+            and time.monotonic() < deadline
+            and any(target.queue or target.in_flight for target in self.targets())
         ):
             await asyncio.sleep(0.02)
         for task in self._tasks:
