@@ -27,14 +27,37 @@ class ConfigError(ValueError):
     """An invalid or missing setting; the message names the setting and the problem."""
 
 
+WEBHOOK_KINDS = (
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """One webhook target of an app (Pusher's format, as soketi and Pusher accept it)."""
+    """One webhook target of an app (Pusher's format, as soketi and Pusher accept it).
+
+    `channel_prefix`/`channel_suffix` are soketi's `filter.channel_name_starts_with` /
+    `channel_name_ends_with`: only events on matching channels are sent to this URL."""
 
     url: str
     event_types: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     channel_prefix: str | None = None
+    channel_suffix: str | None = None
+
+    def __repr__(self) -> str:  # the URL may carry a token; headers often do
+        return f"Webhook(events={','.join(self.event_types)})"
+
+    def accepts(self, channel: str) -> bool:
+        if self.channel_prefix is not None and not channel.startswith(self.channel_prefix):
+            return False
+        return self.channel_suffix is None or channel.endswith(self.channel_suffix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +130,12 @@ class Settings:
     tls_key: str | None = None
     log_format: LogFormat = "text"
     max_connections_per_ip_per_second: int = 0
+    webhook_delay: float = 3.0
+    webhook_batch_window: float = 0.05
+    webhook_timeout: float = 5.0
+    webhook_retry_base: float = 1.0
+    webhook_retry_for: float = 300.0
+    webhook_queue_size: int = 10_000
     apps: tuple[App, ...] = ()
     generated_app: bool = False
 
@@ -150,6 +179,16 @@ def _to_positive_float(name: str, value: Any) -> float:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if number <= 0:
         raise ConfigError(f"{name}: must be greater than 0, got {number}")
+    return float(number)
+
+
+def _to_non_negative_float(name: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else value
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name}: must not be negative, got {number}")
     return float(number)
 
 
@@ -213,15 +252,28 @@ def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
             raise ConfigError(f"{where}.url: must start with http:// or https://")
         event_types = item.get("event_types", [])
         headers = item.get("headers", {})
-        flt = item.get("filter") or {}
+        flt = item.get("filter")
+        flt = {} if flt is None else flt
         if not isinstance(event_types, list) or not isinstance(headers, dict):
             raise ConfigError(f"{where}: event_types must be a list and headers an object")
+        if not isinstance(flt, dict):
+            raise ConfigError(f"{where}.filter: expected an object")
+        # An empty or misspelt list would silently send nothing: refuse it at start-up.
+        unknown = [str(kind) for kind in event_types if kind not in WEBHOOK_KINDS]
+        if not event_types or unknown:
+            raise ConfigError(
+                f"{where}.event_types: list one or more of {', '.join(WEBHOOK_KINDS)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        prefix = flt.get("channel_name_starts_with")
+        suffix = flt.get("channel_name_ends_with")
         hooks.append(
             Webhook(
                 url=url,
-                event_types=tuple(str(kind) for kind in event_types),
+                event_types=tuple(dict.fromkeys(str(kind) for kind in event_types)),
                 headers=tuple((str(k), str(v)) for k, v in headers.items()),
-                channel_prefix=flt.get("channel_name_starts_with"),
+                channel_prefix=str(prefix) if prefix is not None else None,
+                channel_suffix=str(suffix) if suffix is not None else None,
             )
         )
     return tuple(hooks)
@@ -289,6 +341,12 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         "REVERB_MAX_CONNECTIONS_PER_IP_PER_SECOND",
         lambda n, v: _to_int(n, v, 0),
     ),
+    "webhook_delay": ("REVERB_WEBHOOK_DELAY", _to_non_negative_float),
+    "webhook_batch_window": ("REVERB_WEBHOOK_BATCH_WINDOW", _to_non_negative_float),
+    "webhook_timeout": ("REVERB_WEBHOOK_TIMEOUT", _to_positive_float),
+    "webhook_retry_base": ("REVERB_WEBHOOK_RETRY_BASE", _to_positive_float),
+    "webhook_retry_for": ("REVERB_WEBHOOK_RETRY_FOR", _to_non_negative_float),
+    "webhook_queue_size": ("REVERB_WEBHOOK_QUEUE_SIZE", lambda n, v: _to_int(n, v, 1)),
 }
 
 

@@ -10,6 +10,12 @@ replicas through the cluster; `publish`, `publish_to_user` and `terminate_local`
 halves, which the cluster also calls for operations arriving from other replicas. Queries
 merge local state with the cluster's mirror of the other replicas, so every replica answers
 the same without asking the others.
+
+The hub also notices the Pusher features built on those facts: webhooks (decided here, sent by
+`webhooks.Webhooks`; facts about the whole cluster only by the leader replica),
+`pusher_internal:subscription_count` for every node's own subscribers (throttled for channels
+above SUBSCRIPTION_COUNT_THROTTLE_ABOVE subscribers by the server's periodic sweep), and
+watchlist events for signed-in sockets.
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, us
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.state import Members, Transition
 from reverb_py.transport.connection import Connection, text_frame
+from reverb_py.webhooks import AppWebhooks
 
 if TYPE_CHECKING:
     from reverb_py.pusher.session import Session
+
+# Pusher: subscription_count goes out on every change, at most every 5 s above 100 subscribers.
+SUBSCRIPTION_COUNT_THROTTLE_ABOVE = 100
+SUBSCRIPTION_COUNT_INTERVAL = 5.0
 
 
 class Member:
@@ -63,15 +74,39 @@ class CachedEvent:
 
 
 class AppHub:
-    __slots__ = ("app", "cache", "channels", "cluster", "sessions", "users")
+    __slots__ = (
+        "app",
+        "cache",
+        "channels",
+        "cluster",
+        "count_dirty",
+        "count_sent",
+        "hooks",
+        "sessions",
+        "tracks_counts",
+        "users",
+        "watchers",
+    )
 
-    def __init__(self, app: App, cluster: Cluster) -> None:
+    def __init__(self, app: App, cluster: Cluster, hooks: AppWebhooks) -> None:
         self.app = app
         self.cluster = cluster
+        self.hooks = hooks
         self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, dict[Session, None]] = {}
         self.cache: dict[str, CachedEvent] = {}
+        # watched user id -> the signed-in sessions watching it
+        self.watchers: dict[str, dict[Session, None]] = {}
+        # Whether subscription count changes matter at all; when not, joins and leaves skip
+        # every count computation (the hot path stays as it was).
+        self.tracks_counts = (
+            app.subscription_count or hooks.tracks_occupancy or hooks.wants("subscription_count")
+        )
+        # subscription_count throttling: when each large channel was last announced, and
+        # the large channels whose change waits for the sweep.
+        self.count_sent: dict[str, float] = {}
+        self.count_dirty: dict[str, None] = {}
 
     # Sessions ----------------------------------------------------------------------------
 
@@ -82,12 +117,19 @@ class AppHub:
         for name, member_key in list(session.channels.items()):
             self.leave(session, name, member_key)
         session.channels.clear()
+        if session.watchlist:
+            self.unwatch(session)
         if session.user_id is not None:
             self.sign_out(session, session.user_id)
         self.sessions.pop(session.socket_id, None)
 
     def sign_in(self, session: Session, user_id: str) -> None:
-        self.users.setdefault(user_id, {})[session] = None
+        sessions = self.users.get(user_id)
+        if sessions is None:
+            sessions = self.users[user_id] = {}
+            if self.app.watchlist_events and self.cluster.user_signed_in(self.app.id, user_id):
+                self.deliver_online(user_id, True)
+        sessions[session] = None
 
     def sign_out(self, session: Session, user_id: str) -> None:
         sessions = self.users.get(user_id)
@@ -95,6 +137,51 @@ class AppHub:
             sessions.pop(session, None)
             if not sessions:
                 del self.users[user_id]
+                if self.app.watchlist_events and self.cluster.user_signed_out(self.app.id, user_id):
+                    self.deliver_online(user_id, False)
+
+    # Watchlists --------------------------------------------------------------------------
+
+    def watch(self, session: Session) -> None:
+        """Index the session's watchlist and send it the current status of every user in
+        it (Pusher sends the initial state right after sign-in)."""
+        for user_id in session.watchlist:
+            self.watchers.setdefault(user_id, {})[session] = None
+        online = [uid for uid in session.watchlist if self.user_online(uid)]
+        offline = [uid for uid in session.watchlist if uid not in online]
+        events = [
+            {"name": name, "user_ids": ids}
+            for name, ids in (("online", online), ("offline", offline))
+            if ids
+        ]
+        if events:
+            session.socket.send_text(
+                messages.encode_internal("pusher_internal:watchlist_events", {"events": events})
+            )
+
+    def unwatch(self, session: Session) -> None:
+        for user_id in session.watchlist:
+            watching = self.watchers.get(user_id)
+            if watching is not None:
+                watching.pop(session, None)
+                if not watching:
+                    del self.watchers[user_id]
+
+    def user_online(self, user_id: str) -> bool:
+        """A user is online while it has a signed-in connection on any replica."""
+        return user_id in self.users or self.cluster.state.user_online(self.app.id, user_id)
+
+    def deliver_online(self, user_id: str, online: bool) -> None:
+        """A watched user came online or went offline (here or on another replica)."""
+        watching = self.watchers.get(user_id)
+        if not watching:
+            return
+        event = {"name": "online" if online else "offline", "user_ids": [user_id]}
+        frame = text_frame(
+            messages.encode_internal("pusher_internal:watchlist_events", {"events": [event]})
+        )
+        for session in watching:
+            session.socket.send(frame)
 
     # Subscriptions -----------------------------------------------------------------------
 
@@ -106,6 +193,9 @@ class AppHub:
             channel = self.channels[name] = Channel(name, channel_type(name))
         channel.subscribers[session] = session.socket
         self.cluster.subscriptions_changed(self.app.id, name, 1)
+        if self.tracks_counts:
+            count = self.subscription_count(name)
+            self._occupancy_changed(name, count - 1, count)
         if member is None or channel.members is None:
             session.channels[name] = None
             return
@@ -125,6 +215,14 @@ class AppHub:
                 name,
             )
             self._publish_to(channel, payload, session)
+            if self.hooks.tracks_members and self.cluster.leader:
+                self.hooks.member_added(name, user_id)
+
+    def subscribed(self, name: str) -> None:
+        """Announce the new count once the subscriber has its subscription_succeeded (its own
+        pusher_internal:subscription_count must come after that)."""
+        if self.tracks_counts:
+            self._count_is(name, self.subscription_count(name))
 
     def leave(self, session: Session, name: str, member_key: str | None) -> None:
         channel = self.channels.get(name)
@@ -142,11 +240,78 @@ class AppHub:
                             "pusher_internal:member_removed", {"user_id": record.user_id}, name
                         )
                         self._publish_to(channel, payload, None)
+                        if self.hooks.tracks_members and self.cluster.leader:
+                            self.hooks.member_removed(name, record.user_id, time.monotonic())
         if not channel.subscribers:
             del self.channels[name]
+        if self.tracks_counts:
+            self.count_changed(name, self.subscription_count(name) + 1)
+
+    def count_changed(self, name: str, before: int) -> None:
+        """The cluster-wide subscription count of `name` changed from `before` (here or on
+        another replica)."""
+        count = self.subscription_count(name)
+        self._occupancy_changed(name, before, count)
+        self._count_is(name, count)
+
+    def _occupancy_changed(self, name: str, before: int, after: int) -> None:
+        if (before == 0) == (after == 0) or not self.hooks.tracks_occupancy:
+            return
+        if not self.cluster.leader:
+            return
+        if after:
+            self.hooks.channel_occupied(name)
+        else:
+            self.hooks.channel_vacated(name, time.monotonic())
+
+    def _count_is(self, name: str, count: int) -> None:
+        if channel_type(name).kind is ChannelKind.PRESENCE:
+            return  # Pusher counts subscriptions of non-presence channels only
+        if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE or name in self.count_dirty:
+            now = time.monotonic()
+            if now - self.count_sent.get(name, -SUBSCRIPTION_COUNT_INTERVAL) < (
+                SUBSCRIPTION_COUNT_INTERVAL
+            ):
+                self.count_dirty[name] = None
+                return
+            self.count_sent[name] = now
+            self.count_dirty.pop(name, None)
+        self._announce_count(name, count)
+
+    def _announce_count(self, name: str, count: int) -> None:
+        if self.app.subscription_count:
+            channel = self.channels.get(name)
+            if channel is not None:
+                payload = messages.encode_internal(
+                    "pusher_internal:subscription_count", {"subscription_count": count}, name
+                )
+                self._publish_to(channel, payload, None)
+        if self.hooks.wants("subscription_count") and self.cluster.leader:
+            self.hooks.subscription_count(name, count)
+
+    def announce_throttled_counts(self, now: float) -> None:
+        """From the server's periodic sweep: announce the large channels whose count changed
+        while they were throttled, and forget announcements older than the interval."""
+        for name in list(self.count_dirty):
+            if now - self.count_sent.get(name, 0.0) >= SUBSCRIPTION_COUNT_INTERVAL:
+                del self.count_dirty[name]
+                self.count_sent[name] = now
+                self._announce_count(name, self.subscription_count(name))
+        stale = [
+            name
+            for name, sent in self.count_sent.items()
+            if now - sent >= SUBSCRIPTION_COUNT_INTERVAL and name not in self.count_dirty
+        ]
+        for name in stale:
+            del self.count_sent[name]
 
     def deliver_member_event(self, transition: Transition) -> None:
         """A presence change seen through another replica, for this node's subscribers."""
+        if self.hooks.tracks_members and self.cluster.leader:
+            if transition.joined:
+                self.hooks.member_added(transition.channel, transition.user_id)
+            else:
+                self.hooks.member_removed(transition.channel, transition.user_id, time.monotonic())
         channel = self.channels.get(transition.channel)
         if channel is None:
             return

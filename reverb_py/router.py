@@ -21,6 +21,7 @@ from reverb_py.pusher.session import Session
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.transport.connection import Connection, WebSocketHandler
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.webhooks import Webhooks
 
 logger = logging.getLogger("reverb_py.router")
 
@@ -82,12 +83,14 @@ class PusherEndpoint:
 
 
 class Router:
-    def __init__(self, settings: Settings, cluster: Cluster) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster, webhooks: Webhooks) -> None:
         self.settings = settings
         self.prefix = settings.path
         self.debug = settings.debug
         self.cluster = cluster
-        self.hubs_by_id: dict[str, AppHub] = {app.id: AppHub(app, cluster) for app in settings.apps}
+        self.hubs_by_id: dict[str, AppHub] = {
+            app.id: AppHub(app, cluster, webhooks.apps[app.id]) for app in settings.apps
+        }
         cluster.hubs = self.hubs_by_id
         self.hubs_by_key: dict[str, AppHub] = {hub.app.key: hub for hub in self.hubs_by_id.values()}
         self.api = HttpApi(self.hubs_by_id, self.prefix)

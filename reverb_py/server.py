@@ -2,7 +2,8 @@
 
 One periodic sweep replaces per-connection timers: it pings sockets that have been silent for
 the app's ping interval, closes those that did not answer (4201), aborts sockets stuck in
-closing, closes idle HTTP keep-alive connections and expires cached events.
+closing, closes idle HTTP keep-alive connections, expires cached events, releases delayed
+webhooks and announces throttled subscription counts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from reverb_py.router import Router
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.redis import RedisLink
 from reverb_py.transport.connection import Connection, ConnectionLimits, WriteCoalescer
+from reverb_py.webhooks import Webhooks
 
 logger = logging.getLogger("reverb_py.server")
 
@@ -44,14 +46,23 @@ def sweep_interval(settings: Settings) -> float:
     shortest = min(
         (min(app.ping_interval, app.pong_timeout) for app in settings.apps), default=30.0
     )
+    if settings.webhook_delay and any(app.webhooks for app in settings.apps):
+        shortest = min(shortest, settings.webhook_delay)  # delayed webhooks leave on time
     return max(0.05, min(1.0, shortest / 4))
+
+
+def new_node_id() -> str:
+    """Start time (ms, hex) then randomness: ordering node ids orders replicas by age, which
+    makes the oldest live replica the webhook leader (see scaling.cluster)."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:8]}"
 
 
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cluster = Cluster(uuid.uuid4().hex[:12], settings.scaling_node_timeout)
-        self.router = Router(settings, self.cluster)
+        self.cluster = Cluster(new_node_id(), settings.scaling_node_timeout)
+        self.webhooks = Webhooks(settings)
+        self.router = Router(settings, self.cluster, self.webhooks)
         self.link: RedisLink | None = None
         if settings.scaling_enabled:
             self.link = RedisLink(settings.redis.url, settings.scaling_channel, self.cluster)
@@ -96,6 +107,7 @@ class Server:
         )
         if self.link is not None:
             await self.link.start()
+        self.webhooks.start()
         self._sweeper = loop.create_task(self._sweep_forever(sweep_interval(settings)))
 
     async def _sweep_forever(self, interval: float) -> None:
@@ -116,6 +128,9 @@ class Server:
             for session in list(hub.sessions.values()):
                 session.check_liveness(now)
             hub.expire_cache(now)
+            if hub.count_sent:
+                hub.announce_throttled_counts(now)
+        self.webhooks.tick(now)
         for connection in list(self.connections):
             if connection.closing_since is not None:
                 if loop_time - connection.closing_since > STUCK_CLOSING_SECONDS:
@@ -164,6 +179,9 @@ class Server:
             for connection in list(self.connections):
                 connection.abort()
             await self._listener.wait_closed()
+        # After the last sessions left (their vacated/removed webhooks are decided) and before
+        # the goodbye (after which another replica is the leader).
+        await self.webhooks.close()
         if self.link is not None:
             await self.link.close()
         self._stopped.set()

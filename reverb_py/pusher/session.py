@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("reverb_py.session")
 frame_logger = logging.getLogger("reverb_py.frames")
 
+MAX_WATCHLIST = 100  # Pusher's limit; beyond it the first 100 ids are kept (error 4302)
+
 
 class Socket(Protocol):
     """What a session needs from its connection (the transport's Connection provides it)."""
@@ -62,6 +64,7 @@ class Session:
         "socket",
         "socket_id",
         "user_id",
+        "watchlist",
     )
 
     def __init__(self, hub: AppHub, socket: Socket, socket_id: str, debug: bool = False) -> None:
@@ -73,6 +76,7 @@ class Session:
         # channel name -> presence member key (None for other channel kinds)
         self.channels: dict[str, str | None] = {}
         self.user_id: str | None = None
+        self.watchlist: tuple[str, ...] = ()
         self.closed = False
         self.idle_since = time.monotonic()
         self.pinged_at: float | None = None
@@ -246,6 +250,7 @@ class Session:
         self._send(messages.subscription_succeeded(name, presence))
         if kind.cached:
             self._replay_cache(name)
+        self.hub.subscribed(name)
 
     def _presence_member(self, name: str, channel_data: Any) -> tuple[Any, Any] | None:
         """Validate presence channel_data; answers the refusal itself and returns None."""
@@ -291,7 +296,11 @@ class Session:
 
     def _replay_cache(self, name: str) -> None:
         entry = self.hub.cached(name, time.monotonic())
-        self._send(entry.payload if entry is not None else messages.cache_miss(name))
+        if entry is not None:
+            self._send(entry.payload)
+        else:
+            self._send(messages.cache_miss(name))
+            self.hub.hooks.cache_miss(name)
 
     def _refuse(self, channel: str, kind: str, message: str, status: int) -> None:
         self._send(messages.subscription_error(channel, kind, message, int(status)))
@@ -331,6 +340,27 @@ class Session:
             self.user_id = user_id
             self.hub.sign_in(self, user_id)
         self._send(messages.encode_event("pusher:signin_success", {"user_data": user_data}))
+        if app.watchlist_events and "watchlist" in parsed:
+            self._watch(parsed["watchlist"])
+
+    def _watch(self, watchlist: Any) -> None:
+        """Start watching the users listed at sign-in (a new sign-in replaces the list)."""
+        if not isinstance(watchlist, list) or not all(
+            isinstance(uid, str | int) and not isinstance(uid, bool) for uid in watchlist
+        ):
+            self._send(messages.error(None, "watchlist must be a list of user ids"))
+            return
+        if len(watchlist) > MAX_WATCHLIST:
+            self._send(
+                messages.error(
+                    ErrorCode.WATCHLIST_LIMIT,
+                    f"Watchlist limit exceeded: only the first {MAX_WATCHLIST} ids are watched",
+                )
+            )
+        if self.watchlist:
+            self.hub.unwatch(self)
+        self.watchlist = tuple(dict.fromkeys(str(uid) for uid in watchlist[:MAX_WATCHLIST]))
+        self.hub.watch(self)
 
     # Client events -----------------------------------------------------------------------
 
@@ -373,3 +403,6 @@ class Session:
             user_id = record.user_id if record is not None else member_key
         payload = messages.encode_event(message.event, message.data, name, user_id)
         self.hub.broadcast(name, payload, except_socket_id=self.socket_id)
+        hooks = self.hub.hooks
+        if hooks.wants("client_event"):
+            hooks.client_event(name, message.event, message.data, self.socket_id, user_id)

@@ -12,9 +12,19 @@ Operations on the wire (JSON arrays; `payload` is the Pusher frame as a string):
   ["p+", app, channel, key, user_id, user_info]        this node gained a presence member
   ["p-", app, channel, key]                            this node lost a presence member
   ["c", app, channel, delta]                           subscription count change
+  ["s+", app, user_id] / ["s-", app, user_id]          this node's first / last signed-in
+                                                       connection of a user (watchlist apps)
   ["hb", {app: connections}]                           heartbeat
   ["snap", state, cache, reply]                        a node's full state (reply: send yours)
   ["bye"]                                              the node is stopping
+
+Webhooks about cluster-wide facts (channel occupied/vacated, member added/removed,
+subscription count) are sent by one replica only, the leader: the live node with the smallest
+node id that this node knows of, itself included. Node ids start with the start time, so the
+leader is the oldest replica and a replica that joins never takes over; the next one does when
+the leader says goodbye or is reaped. Every node mirrors the same transitions, so the new
+leader decides from the same view. docs/webhooks.md spells out what can be lost or doubled
+around a change of leader.
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reverb_py.scaling.state import (
+    Change,
     ClusterState,
-    Transition,
+    NodeState,
+    Online,
     snapshot_from_wire,
     snapshot_to_wire,
 )
@@ -51,7 +63,7 @@ class Cluster:
         self.node_id = node_id
         self.node_timeout = node_timeout
         self.hubs: dict[str, AppHub] = {}
-        self.state = ClusterState(self._local_has)
+        self.state = ClusterState(self._local_has, self._local_online)
         self.link: Link | None = None
         self._connected_since: float | None = None
 
@@ -59,6 +71,17 @@ class Cluster:
         hub = self.hubs.get(app_id)
         found = hub.channels.get(channel) if hub is not None else None
         return found is not None and found.members is not None and key in found.members
+
+    def _local_online(self, app_id: str, user_id: str) -> bool:
+        hub = self.hubs.get(app_id)
+        return hub is not None and user_id in hub.users
+
+    @property
+    def leader(self) -> bool:
+        """Whether this node sends the webhooks about cluster-wide facts (see the module
+        docstring)."""
+        nodes = self.state.nodes
+        return not nodes or self.node_id < min(nodes)
 
     @property
     def ready(self) -> bool:
@@ -103,6 +126,18 @@ class Cluster:
         if self.link is not None:
             self.link.send(["c", app_id, channel, delta])
 
+    def user_signed_in(self, app_id: str, user_id: str) -> bool:
+        """This node got its first signed-in socket for the user; True if the user just came
+        online cluster-wide."""
+        self._send(["s+", app_id, user_id])
+        return not self.state.user_online(app_id, user_id)
+
+    def user_signed_out(self, app_id: str, user_id: str) -> bool:
+        """This node lost its last signed-in socket for the user; True if the user just went
+        offline cluster-wide."""
+        self._send(["s-", app_id, user_id])
+        return not self.state.user_online(app_id, user_id)
+
     # Membership of the cluster -------------------------------------------------------------
 
     def announce(self, reply: bool) -> None:
@@ -131,13 +166,15 @@ class Cluster:
         if since is None or now - since < self.node_timeout:
             return
         for node_id in self.state.expired(now, self.node_timeout):
-            transitions = self.state.forget(node_id)
+            before = self._counts_before(node_id, None)
+            changes = self.state.forget(node_id)
             logger.warning(
                 "replica %s stopped heartbeating: removed it (%d presence members gone)",
                 node_id,
-                sum(1 for t in transitions if not t.joined),
+                sum(1 for c in changes if not isinstance(c, Online)),
             )
-            self._deliver(transitions)
+            self._deliver(changes)
+            self._counts_after(before)
 
     # Incoming: operations from other replicas --------------------------------------------
 
@@ -180,24 +217,64 @@ class Cluster:
             self._deliver(state.member_removed(sender, app_id, channel, key, now))
         elif kind == "c":
             _, app_id, channel, delta = op
+            hub = self.hubs.get(app_id)
+            tracked = hub is not None and hub.tracks_counts
+            before = hub.subscription_count(channel) if tracked else 0
             state.channel_counts(sender, app_id, {channel: int(delta)}, now)
+            if tracked:
+                hub.count_changed(channel, before)
+        elif kind == "s+":
+            self._deliver(state.user_added(sender, op[1], op[2], now))
+        elif kind == "s-":
+            self._deliver(state.user_removed(sender, op[1], op[2], now))
         elif kind == "hb":
             state.heartbeat(sender, {k: int(v) for k, v in op[1].items()}, now)
         elif kind == "snap":
             _, snapshot, cache, reply = op
-            self._deliver(state.replace(sender, snapshot_from_wire(snapshot, now), now))
+            incoming = snapshot_from_wire(snapshot, now)
+            before = self._counts_before(sender, incoming)
+            self._deliver(state.replace(sender, incoming, now))
+            self._counts_after(before)
             self._adopt_cache(cache, now)
             if reply:
                 self.announce(reply=False)
         elif kind == "bye":
             logger.info("replica %s left the cluster", sender)
+            before = self._counts_before(sender, None)
             self._deliver(state.forget(sender))
+            self._counts_after(before)
 
-    def _deliver(self, transitions: list[Transition]) -> None:
-        for transition in transitions:
-            hub = self.hubs.get(transition.app_id)
-            if hub is not None:
-                hub.deliver_member_event(transition)
+    def _deliver(self, changes: list[Change]) -> None:
+        for change in changes:
+            hub = self.hubs.get(change.app_id)
+            if hub is None:
+                continue
+            if isinstance(change, Online):
+                hub.deliver_online(change.user_id, change.online)
+            else:
+                hub.deliver_member_event(change)
+
+    def _counts_before(
+        self, node_id: str, incoming: NodeState | None
+    ) -> dict[tuple[str, str], int]:
+        """Cluster-wide counts of the channels a whole-node change (snapshot, departure) is
+        about to touch, for the apps that act on count changes."""
+        touched = set(incoming.channels) if incoming is not None else set()
+        node = self.state.nodes.get(node_id)
+        if node is not None:
+            touched.update(node.channels)
+        counts = {}
+        for app_id, channel in touched:
+            hub = self.hubs.get(app_id)
+            if hub is not None and hub.tracks_counts:
+                counts[(app_id, channel)] = hub.subscription_count(channel)
+        return counts
+
+    def _counts_after(self, before: dict[tuple[str, str], int]) -> None:
+        for (app_id, channel), count in before.items():
+            hub = self.hubs[app_id]
+            if hub.subscription_count(channel) != count:
+                hub.count_changed(channel, count)
 
     # Snapshots ---------------------------------------------------------------------------
 
@@ -212,6 +289,7 @@ class Cluster:
                     for name, channel in hub.channels.items()
                     if channel.members
                 },
+                hub.users if hub.app.watchlist_events else (),
             )
             for app_id, hub in self.hubs.items()
         )

@@ -6,6 +6,9 @@ Presence is a user on a channel being present on at least one node, so a node re
 cluster-wide transition (absent -> present, present -> absent) only when its own view flips.
 Each node tells its own sockets about the transitions it sees, so every client hears one
 member_added and one member_removed per user, however many replicas and tabs are involved.
+
+Signed-in users are mirrored the same way for watchlist events: a user is online while at least
+one node has a signed-in connection for it, and `Online` reports the flips of that fact.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class NodeState:
     connections: dict[str, int] = field(default_factory=dict)
     channels: dict[tuple[str, str], int] = field(default_factory=dict)
     members: dict[tuple[str, str], Members] = field(default_factory=dict)
+    # app id -> signed-in user ids (only for apps with watchlist events)
+    users: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +44,28 @@ class Transition:
     joined: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Online:
+    """A signed-in user came online or went offline cluster-wide, as this node sees it."""
+
+    app_id: str
+    user_id: str
+    online: bool
+
+
+Change = Transition | Online
+
 # Does the local node have this member? (app id, channel, user key) -> bool
 LocalHas = Callable[[str, str, str], bool]
+# Does the local node have a signed-in connection for this user? (app id, user id) -> bool
+LocalOnline = Callable[[str, str], bool]
 
 
 class ClusterState:
-    def __init__(self, local_has: LocalHas) -> None:
+    def __init__(self, local_has: LocalHas, local_online: LocalOnline) -> None:
         self.nodes: dict[str, NodeState] = {}
         self._local_has = local_has
+        self._local_online = local_online
 
     # Queries -----------------------------------------------------------------------------
 
@@ -75,6 +94,9 @@ class ClusterState:
 
     def connections(self, app_id: str) -> int:
         return sum(node.connections.get(app_id, 0) for node in self.nodes.values())
+
+    def user_online(self, app_id: str, user_id: str) -> bool:
+        return any(user_id in node.users.get(app_id, ()) for node in self.nodes.values())
 
     # Updates: each returns the presence transitions the change caused ---------------------
 
@@ -106,6 +128,18 @@ class ClusterState:
             return []
         return [Transition(app_id, channel, user_id, info, joined=False)]
 
+    def user_added(self, node_id: str, app_id: str, user_id: str, now: float) -> list[Change]:
+        online = self._online(app_id, user_id)
+        self.seen(node_id, now).users.setdefault(app_id, set()).add(user_id)
+        return [] if online else [Online(app_id, user_id, online=True)]
+
+    def user_removed(self, node_id: str, app_id: str, user_id: str, now: float) -> list[Change]:
+        users = self.seen(node_id, now).users.get(app_id)
+        if not users or user_id not in users:
+            return []
+        users.discard(user_id)
+        return [] if self._online(app_id, user_id) else [Online(app_id, user_id, online=False)]
+
     def channel_counts(self, node_id: str, app_id: str, deltas: dict[str, int], now: float) -> None:
         channels = self.seen(node_id, now).channels
         for channel, delta in deltas.items():
@@ -118,7 +152,7 @@ class ClusterState:
     def heartbeat(self, node_id: str, connections: dict[str, int], now: float) -> None:
         self.seen(node_id, now).connections = connections
 
-    def replace(self, node_id: str, snapshot: NodeState, now: float) -> list[Transition]:
+    def replace(self, node_id: str, snapshot: NodeState, now: float) -> list[Change]:
         """A full snapshot of a node (on start, or after a Redis outage): adopt it and report
         what changed compared to what we believed."""
         was_present = {
@@ -127,20 +161,30 @@ class ClusterState:
             for key in members
             if self._present(target[0], target[1], key)
         }
+        was_online = {
+            (app_id, user_id)
+            for app_id, users in snapshot.users.items()
+            for user_id in users
+            if self._online(app_id, user_id)
+        }
         old = self.nodes.pop(node_id, None)
-        transitions = self._removed_members(old, keep=snapshot) if old is not None else []
+        changes = self._removed(old, keep=snapshot) if old is not None else []
         snapshot.last_seen = now
         self.nodes[node_id] = snapshot
         for (app_id, channel), members in snapshot.members.items():
             for key, (user_id, info) in members.items():
                 if ((app_id, channel), key) not in was_present:
-                    transitions.append(Transition(app_id, channel, user_id, info, joined=True))
-        return transitions
+                    changes.append(Transition(app_id, channel, user_id, info, joined=True))
+        for app_id, users in snapshot.users.items():
+            for user_id in users:
+                if (app_id, user_id) not in was_online:
+                    changes.append(Online(app_id, user_id, online=True))
+        return changes
 
-    def forget(self, node_id: str) -> list[Transition]:
+    def forget(self, node_id: str) -> list[Change]:
         """A node left (gracefully, or it stopped heartbeating): drop everything it had."""
         node = self.nodes.pop(node_id, None)
-        return self._removed_members(node) if node is not None else []
+        return self._removed(node) if node is not None else []
 
     def expired(self, now: float, timeout: float) -> list[str]:
         return [node_id for node_id, node in self.nodes.items() if now - node.last_seen > timeout]
@@ -155,15 +199,24 @@ class ClusterState:
     def _present(self, app_id: str, channel: str, key: str) -> bool:
         return self._local_has(app_id, channel, key) or self.remote_has(app_id, channel, key)
 
-    def _removed_members(self, node: NodeState, keep: NodeState | None = None) -> list[Transition]:
-        """Members `node` had that are now present nowhere (it is already out of `nodes`)."""
-        transitions = []
+    def _online(self, app_id: str, user_id: str) -> bool:
+        return self._local_online(app_id, user_id) or self.user_online(app_id, user_id)
+
+    def _removed(self, node: NodeState, keep: NodeState | None = None) -> list[Change]:
+        """Members and users `node` had that are now present nowhere (it is already out of
+        `nodes`)."""
+        changes: list[Change] = []
         for (app_id, channel), members in node.members.items():
             kept = keep.members.get((app_id, channel), {}) if keep is not None else {}
             for key, (user_id, info) in members.items():
                 if key not in kept and not self._present(app_id, channel, key):
-                    transitions.append(Transition(app_id, channel, user_id, info, joined=False))
-        return transitions
+                    changes.append(Transition(app_id, channel, user_id, info, joined=False))
+        for app_id, users in node.users.items():
+            kept_users = keep.users.get(app_id, set()) if keep is not None else set()
+            for user_id in users:
+                if user_id not in kept_users and not self._online(app_id, user_id):
+                    changes.append(Online(app_id, user_id, online=False))
+        return changes
 
 
 def snapshot_from_wire(data: dict[str, Any], now: float) -> NodeState:
@@ -177,11 +230,13 @@ def snapshot_from_wire(data: dict[str, Any], now: float) -> NodeState:
             node.members[(app_id, channel)] = {
                 key: (value[0], value[1]) for key, value in members.items()
             }
+        if app.get("users"):
+            node.users[app_id] = {str(user_id) for user_id in app["users"]}
     return node
 
 
 def snapshot_to_wire(
-    apps: Iterable[tuple[str, int, dict[str, int], dict[str, Members]]],
+    apps: Iterable[tuple[str, int, dict[str, int], dict[str, Members], Iterable[str]]],
 ) -> dict[str, Any]:
     return {
         app_id: {
@@ -191,6 +246,7 @@ def snapshot_to_wire(
                 channel: {key: [user_id, info] for key, (user_id, info) in members.items()}
                 for channel, members in presence.items()
             },
+            "users": list(users),
         }
-        for app_id, connections, channels, presence in apps
+        for app_id, connections, channels, presence, users in apps
     }

@@ -1,0 +1,340 @@
+"""Pusher webhooks: deciding what to send on the hot path, sending it off the hot path.
+
+The hub and session call `AppWebhooks` synchronously when something happens; each call is a
+dict lookup and, when some URL wants that kind of event on that channel, an append to that
+URL's bounded queue. One long-lived task per URL (never one per connection or channel) batches
+what accumulated during a short window into one POST `{"time_ms": ..., "events": [...]}`,
+signed as Pusher signs it (`X-Pusher-Key`, `X-Pusher-Signature` = HMAC-SHA256 hex of the exact
+body with the app secret), so the official SDKs' webhook validators accept it.
+
+`channel_vacated` and `member_removed` wait `delay` seconds (Pusher: "a few seconds"; 3 by
+default) in `AppWebhooks.delayed`; the channel or member coming back within the delay cancels
+both the pending event and the matching `channel_occupied` / `member_added`, so a page reload
+sends nothing. The server's periodic sweep releases due events (`tick`), so there is no timer
+per channel.
+
+A receiver that fails (connection error, timeout, non-2xx) gets the same body again with
+exponential back-off until `retry_for` seconds after the first attempt (Pusher: 5 minutes).
+Each URL has one request in flight at a time and at most `queue_size` waiting events; beyond
+that new events are dropped, counted and logged, so a slow or dead receiver costs bounded
+memory and never delays message delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+import orjson
+
+from reverb_py import __version__
+from reverb_py.config import App, Settings, Webhook
+from reverb_py.pusher.auth import webhook_signature
+
+logger = logging.getLogger("reverb_py.webhooks")
+
+MAX_EVENTS_PER_REQUEST = 100
+MAX_RETRY_DELAY = 60.0
+LOG_EVERY_SECONDS = 10.0
+SHUTDOWN_FLUSH_SECONDS = 2.0
+
+Item = dict[str, Any]
+
+
+class Target:
+    """One webhook URL of one app: its filter, its bounded queue and its counters."""
+
+    __slots__ = (
+        "_logged_at",
+        "_logged_dropped",
+        "app",
+        "delivered",
+        "dropped",
+        "failed_attempts",
+        "hook",
+        "in_flight",
+        "pending_cache_misses",
+        "queue",
+        "queue_size",
+        "wake",
+    )
+
+    def __init__(self, app: App, hook: Webhook, queue_size: int) -> None:
+        self.app = app
+        self.hook = hook
+        self.queue_size = queue_size
+        self.queue: deque[tuple[float, Item]] = deque()
+        self.wake = asyncio.Event()
+        self.in_flight = 0
+        # Channels with a cache_miss already waiting: simultaneous subscribers send it once.
+        self.pending_cache_misses: set[str] = set()
+        self.delivered = 0
+        self.dropped = 0
+        self.failed_attempts = 0
+        self._logged_at = 0.0
+        self._logged_dropped = 0
+
+    def offer(self, item: Item, now: float) -> None:
+        if len(self.queue) >= self.queue_size:
+            self.drop(1, "queue full: the receiver is too slow or down")
+            return
+        if item["name"] == "cache_miss":
+            if item["channel"] in self.pending_cache_misses:
+                return
+            self.pending_cache_misses.add(item["channel"])
+        self.queue.append((now, item))
+        self.wake.set()
+
+    def drop(self, count: int, why: str) -> None:
+        """Count lost events; log at most every LOG_EVERY_SECONDS per URL (a dead receiver
+        under load would otherwise log once per event)."""
+        self.dropped += count
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_SECONDS:
+            logger.warning(
+                "webhook for app %s: dropped %d event(s) (%d in total): %s",
+                self.app.id,
+                self.dropped - self._logged_dropped,
+                self.dropped,
+                why,
+            )
+            self._logged_at = now
+            self._logged_dropped = self.dropped
+
+    def take(self, now: float, retry_for: float) -> list[Item]:
+        """The next request's events; events older than the retry window are given up."""
+        items: list[Item] = []
+        expired = 0
+        queue = self.queue
+        while queue and len(items) < MAX_EVENTS_PER_REQUEST:
+            created, item = queue.popleft()
+            if item["name"] == "cache_miss":
+                self.pending_cache_misses.discard(item["channel"])
+            if now - created > retry_for:
+                expired += 1
+            else:
+                items.append(item)
+        if expired:
+            self.drop(expired, "waited longer than the retry window")
+        return items
+
+
+class AppWebhooks:
+    """The webhook decisions of one app. Every method is synchronous and cheap."""
+
+    __slots__ = ("app", "by_kind", "delay", "delayed", "targets")
+
+    def __init__(self, app: App, settings: Settings) -> None:
+        self.app = app
+        self.delay = settings.webhook_delay
+        self.targets = [Target(app, hook, settings.webhook_queue_size) for hook in app.webhooks]
+        self.by_kind: dict[str, tuple[Target, ...]] = {}
+        for target in self.targets:
+            for kind in target.hook.event_types:
+                self.by_kind[kind] = (*self.by_kind.get(kind, ()), target)
+        # (kind, channel, user key) -> (due, item); insertion order is due order, since the
+        # delay is the same for every entry.
+        self.delayed: dict[tuple[str, str, str], tuple[float, Item]] = {}
+
+    def wants(self, kind: str) -> bool:
+        return kind in self.by_kind
+
+    @property
+    def tracks_occupancy(self) -> bool:
+        return "channel_occupied" in self.by_kind or "channel_vacated" in self.by_kind
+
+    @property
+    def tracks_members(self) -> bool:
+        return "member_added" in self.by_kind or "member_removed" in self.by_kind
+
+    def emit(self, item: Item, now: float | None = None) -> None:
+        targets = self.by_kind.get(item["name"])
+        if not targets:
+            return
+        channel = item["channel"]
+        when = time.monotonic() if now is None else now
+        for target in targets:
+            if target.hook.accepts(channel):
+                target.offer(item, when)
+
+    # Decisions (the callers decide cluster-wide facts; see scaling.cluster) ----------------
+
+    def channel_occupied(self, channel: str) -> None:
+        if self.delayed.pop(("channel_vacated", channel, ""), None) is None:
+            self.emit({"name": "channel_occupied", "channel": channel})
+
+    def channel_vacated(self, channel: str, now: float) -> None:
+        item = {"name": "channel_vacated", "channel": channel}
+        self._defer(("channel_vacated", channel, ""), item, now)
+
+    def member_added(self, channel: str, user_id: Any) -> None:
+        key = ("member_removed", channel, str(user_id))
+        if self.delayed.pop(key, None) is None:
+            self.emit({"name": "member_added", "channel": channel, "user_id": str(user_id)})
+
+    def member_removed(self, channel: str, user_id: Any, now: float) -> None:
+        item = {"name": "member_removed", "channel": channel, "user_id": str(user_id)}
+        self._defer(("member_removed", channel, str(user_id)), item, now)
+
+    def subscription_count(self, channel: str, count: int) -> None:
+        self.emit({"name": "subscription_count", "channel": channel, "subscription_count": count})
+
+    def cache_miss(self, channel: str) -> None:
+        self.emit({"name": "cache_miss", "channel": channel})
+
+    def client_event(
+        self, channel: str, event: str, data: Any, socket_id: str, user_id: Any
+    ) -> None:
+        item: Item = {
+            "name": "client_event",
+            "channel": channel,
+            "event": event,
+            "data": data if isinstance(data, str) else orjson.dumps(data).decode(),
+            "socket_id": socket_id,
+        }
+        if user_id is not None:
+            item["user_id"] = str(user_id)
+        self.emit(item)
+
+    def _defer(self, key: tuple[str, str, str], item: Item, now: float) -> None:
+        if self.delay <= 0:
+            self.emit(item, now)
+            return
+        self.delayed.pop(key, None)  # re-inserted at the end: keeps insertion = due order
+        self.delayed[key] = (now + self.delay, item)
+
+    def tick(self, now: float) -> None:
+        """Release the delayed events that are due (called by the server's sweep)."""
+        delayed = self.delayed
+        while delayed:
+            key = next(iter(delayed))
+            due, item = delayed[key]
+            if due > now:
+                return
+            del delayed[key]
+            self.emit(item, now)
+
+    def flush(self) -> None:
+        """On shutdown: what is still delayed goes out now rather than never."""
+        for _, item in self.delayed.values():
+            self.emit(item)
+        self.delayed.clear()
+
+
+class Webhooks:
+    """Every app's webhooks and the senders: one task per URL and one shared HTTP client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.apps: dict[str, AppWebhooks] = {
+            app.id: AppWebhooks(app, settings) for app in settings.apps
+        }
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def targets(self) -> Iterable[Target]:
+        return (target for hooks in self.apps.values() for target in hooks.targets)
+
+    def start(self) -> None:
+        targets = list(self.targets())
+        if not targets:
+            return
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.settings.webhook_timeout),
+            follow_redirects=False,
+            headers={"User-Agent": f"reverb-py/{__version__} webhooks"},
+        )
+        self._tasks = [asyncio.create_task(self._send_forever(target)) for target in targets]
+
+    def tick(self, now: float) -> None:
+        for hooks in self.apps.values():
+            if hooks.delayed:
+                hooks.tick(now)
+
+    async def close(self) -> None:
+        """Send what is delayed or queued, for up to SHUTDOWN_FLUSH_SECONDS, then stop."""
+        for hooks in self.apps.values():
+            hooks.flush()
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        while (
+            self._tasks
+            and time.monotonic() < deadline
+            and any(target.queue or target.in_flight for target in self.targets())
+        ):
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.aclose()
+        for target in self.targets():
+            if target.queue:
+                target.drop(len(target.queue), "the server stopped before they were sent")
+                target.queue.clear()
+
+    async def _send_forever(self, target: Target) -> None:
+        settings = self.settings
+        while True:
+            if not target.queue:
+                target.wake.clear()
+                await target.wake.wait()
+            if settings.webhook_batch_window:
+                await asyncio.sleep(settings.webhook_batch_window)
+            items = target.take(time.monotonic(), settings.webhook_retry_for)
+            if not items:
+                continue
+            target.in_flight = len(items)
+            try:
+                await self._deliver(target, items)
+            except Exception:  # a bug here must not stop this URL's webhooks for good
+                logger.exception("webhook sender for app %s failed", target.app.id)
+            finally:
+                target.in_flight = 0
+
+    async def _deliver(self, target: Target, items: list[Item]) -> None:
+        """POST one batch until a 2xx answer or the retry window closes."""
+        assert self._client is not None
+        settings = self.settings
+        app = target.app
+        body = orjson.dumps({"time_ms": int(time.time() * 1000), "events": items})
+        headers = {
+            **dict(target.hook.headers),
+            "Content-Type": "application/json",
+            "X-Pusher-Key": app.key,
+            "X-Pusher-Signature": webhook_signature(app.secret, body),
+        }
+        first = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(target.hook.url, content=body, headers=headers)
+                if 200 <= response.status_code < 300:
+                    target.delivered += len(items)
+                    return
+                reason = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__  # never the URL or body: they may hold secrets
+            target.failed_attempts += 1
+            delay = min(settings.webhook_retry_base * 2**attempt, MAX_RETRY_DELAY)
+            delay *= 0.75 + random.random() / 2  # spread retries of many replicas/URLs
+            if time.monotonic() + delay - first > settings.webhook_retry_for:
+                target.drop(len(items), f"receiver kept failing ({reason}); gave up")
+                return
+            logger.warning(
+                "webhook for app %s failed (%s, attempt %d); retrying in %.1f s",
+                app.id,
+                reason,
+                attempt + 1,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
