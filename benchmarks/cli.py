@@ -114,6 +114,8 @@ def run_one(
             server_core_busy_pct=_core_busy(done.result, server_cpu),
             problems=_problems(done.result, load_busy, foreign),
         )
+        if done.stderr:
+            record["loadgen_log"] = done.stderr[-2000:]  # the first errors, for the second look
     except (servers.ServerError, loadgen.LoadgenError) as exc:
         record.update(error=str(exc), result={}, problems=[])
     finally:

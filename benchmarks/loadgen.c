@@ -275,7 +275,7 @@ static double hist_quantile_ms(double q) {
 
 static struct {
     const char *mode, *host, *app_id, *key, *secret, *channel;
-    int port, listen_port, conns, subs, pairs, http_conns, concurrency, server_pid, batch;
+    int port, listen_port, conns, subs, pairs, http_conns, concurrency, server_pid, batch, signin;
     double duration, rate, settle, connect_timeout;
 } O = {.host = "127.0.0.1",
        .app_id = "app-id",
@@ -297,7 +297,16 @@ static int mode;
 /* ------------------------------------------------------------------ connections */
 
 enum { K_WS = 1, K_HTTP, K_LISTEN, K_MOCK };
-enum { S_CONNECTING = 1, S_HANDSHAKE, S_ESTABLISHING, S_SUBSCRIBING, S_READY, S_BUSY, S_CLOSED };
+enum {
+    S_CONNECTING = 1,
+    S_HANDSHAKE,
+    S_ESTABLISHING,
+    S_SIGNING,
+    S_SUBSCRIBING,
+    S_READY,
+    S_BUSY,
+    S_CLOSED
+};
 
 typedef struct conn {
     int fd;
@@ -575,6 +584,23 @@ static void subscribe_all(conn *c) {
     c->state = S_SUBSCRIBING;
 }
 
+/* pusher:signin as pusher-js sends it after the app's user authentication endpoint answered:
+ * servers that enforce sign-in (soketi with user authentication on) close unsigned sockets after
+ * 30 s, which would end any long hold. */
+static void signin(conn *c) {
+    char user[64], tosign[160], sig[65], msg[384];
+    int ul = snprintf(user, sizeof user, "{\\\"id\\\":\\\"bench-%u\\\"}", c->id);
+    int sl = snprintf(tosign, sizeof tosign, "%s::user::{\"id\":\"bench-%u\"}", c->socket_id,
+                      c->id);
+    hmac_sha256_hex(O.secret, tosign, (size_t)sl, sig);
+    int n = snprintf(msg, sizeof msg,
+                     "{\"event\":\"pusher:signin\",\"data\":{\"user_data\":\"%.*s\","
+                     "\"auth\":\"%s:%s\"}}",
+                     ul, user, O.key, sig);
+    c->state = S_SIGNING;
+    ws_send(c, 1, msg, (size_t)n);
+}
+
 static void ws_ready(conn *c) {
     c->state = S_READY;
     c->was_ready = 1;
@@ -609,6 +635,15 @@ static void on_client_text(conn *c, char *p, size_t n, uint64_t now) {
         while (s < end && (isdigit((unsigned char)*s) || *s == '.') && k < sizeof c->socket_id - 1)
             c->socket_id[k++] = *s++;
         c->socket_id[k] = 0;
+        if (O.signin)
+            signin(c);
+        else if (c->subs_total == 0)
+            ws_ready(c);
+        else
+            subscribe_all(c);
+        return;
+    }
+    if (c->state == S_SIGNING && memmem(p, n, "signin_success", 14)) {
         if (c->subs_total == 0)
             ws_ready(c);
         else
@@ -1119,7 +1154,8 @@ static void usage(void) {
             "usage: loadgen --mode broadcast|client-events|hold|mock [--host H] [--port P]\n"
             "  [--app-id ID] [--key K] [--secret S] [--channel C] [--conns N] [--subs K]\n"
             "  [--pairs P] [--rate R] [--http-conns K] [--concurrency C] [--duration S]\n"
-            "  [--settle S] [--connect-timeout S] [--server-pid PID] [--listen PORT] [--batch B]\n");
+            "  [--settle S] [--connect-timeout S] [--server-pid PID] [--signin]\n"
+            "  [--listen PORT] [--batch B]\n");
     exit(2);
 }
 
@@ -1131,7 +1167,7 @@ int main(int argc, char **argv) {
         {"pairs", 1, 0, 'P'},      {"rate", 1, 0, 'r'},         {"http-conns", 1, 0, 'H'},
         {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 'd'},    {"settle", 1, 0, 'w'},
         {"connect-timeout", 1, 0, 't'}, {"server-pid", 1, 0, 'i'}, {"listen", 1, 0, 'l'},
-        {"batch", 1, 0, 'b'},
+        {"batch", 1, 0, 'b'},      {"signin", 0, 0, 'u'},
         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1155,6 +1191,7 @@ int main(int argc, char **argv) {
         case 'i': O.server_pid = atoi(optarg); break;
         case 'l': O.listen_port = atoi(optarg); break;
         case 'b': O.batch = atoi(optarg); break;
+        case 'u': O.signin = 1; break;
         default: usage();
         }
     }

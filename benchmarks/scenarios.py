@@ -30,6 +30,7 @@ class Scenario:
     duration: float = 10.0
     settle: float = 1.0
     concurrency: int = 200
+    signin: bool = False  # pusher:signin before subscribing (soketi closes unsigned sockets)
     server_env: tuple[tuple[str, str], ...] = ()
 
     def loadgen_args(self) -> list[str]:
@@ -42,6 +43,8 @@ class Scenario:
             args += ["--pairs", str(self.pairs), "--rate", str(self.rate)]
         else:
             args += ["--conns", str(self.conns), "--subs", str(self.subs)]
+        if self.signin:
+            args.append("--signin")
         return args
 
     def timeout(self) -> float:
@@ -144,14 +147,15 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "idle",
-            "10 000 subscribed sockets held for 30 s with REVERB_APP_PING_INTERVAL=5; the "
-            "generator answers pusher:ping and WebSocket pings",
+            "10 000 signed-in sockets, 1 channel each, held for 30 s with "
+            "REVERB_APP_PING_INTERVAL=5; the generator answers pusher:ping and WebSocket pings",
             "hold",
             (SERVER_CPU, RSS_PER_CONN, DISCONNECTS, PINGS),
             conns=10_000,
             duration=30.0,
             settle=2.0,
             concurrency=500,
+            signin=True,
             server_env=(("REVERB_APP_PING_INTERVAL", "5"),),
         ),
     )
