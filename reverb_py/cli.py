@@ -55,6 +55,17 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
     type=click.Choice(["text", "json"]),
     help="Log format (REVERB_LOG_FORMAT, default text).",
 )
+@click.option(
+    "--metrics/--no-metrics",
+    "metrics_enabled",
+    default=None,
+    help="Serve Prometheus metrics at /metrics (REVERB_METRICS_ENABLED, default off).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve /metrics on this port instead of the main one (REVERB_METRICS_PORT).",
+)
 def start(config_file: str | None, env_file: str | None, **options: Any) -> None:
     """Start the server."""
     settings = _load(options, config_file, env_file)

@@ -31,6 +31,7 @@ from reverb_py.pusher import messages
 from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, user_key
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.state import Members, Transition
+from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, text_frame
 from reverb_py.webhooks import AppWebhooks
 
@@ -83,6 +84,7 @@ class AppHub:
         "count_sent",
         "hooks",
         "sessions",
+        "stats",
         "tracks_counts",
         "users",
         "watchers",
@@ -107,6 +109,7 @@ class AppHub:
         # the large channels whose change waits for the sweep.
         self.count_sent: dict[str, float] = {}
         self.count_dirty: dict[str, None] = {}
+        self.stats = AppStats()
 
     # Sessions ----------------------------------------------------------------------------
 
@@ -155,9 +158,11 @@ class AppHub:
             if ids
         ]
         if events:
-            session.socket.send_text(
-                messages.encode_internal("pusher_internal:watchlist_events", {"events": events})
+            payload = messages.encode_internal(
+                "pusher_internal:watchlist_events", {"events": events}
             )
+            self.stats.sent(1, len(payload))
+            session.socket.send_text(payload)
 
     def unwatch(self, session: Session) -> None:
         for user_id in session.watchlist:
@@ -177,11 +182,11 @@ class AppHub:
         if not watching:
             return
         event = {"name": "online" if online else "offline", "user_ids": [user_id]}
-        frame = text_frame(
-            messages.encode_internal("pusher_internal:watchlist_events", {"events": [event]})
-        )
+        payload = messages.encode_internal("pusher_internal:watchlist_events", {"events": [event]})
+        frame = text_frame(payload)
         for session in watching:
             session.socket.send(frame)
+        self.stats.sent(len(watching), len(payload))
 
     # Subscriptions -----------------------------------------------------------------------
 
@@ -355,21 +360,28 @@ class AppHub:
         self.publish(name, payload, except_socket_id)
         self.cluster.forward_event(self.app.id, name, payload, except_socket_id, cache)
 
-    def publish(self, name: str, payload: bytes, except_socket_id: str | None = None) -> None:
+    def publish(self, name: str, payload: bytes, except_socket_id: str | None = None) -> int:
+        """Deliver to this node's subscribers; how many sockets it was queued on."""
         channel = self.channels.get(name)
-        if channel is not None:
-            excluded = self.sessions.get(except_socket_id) if except_socket_id else None
-            self._publish_to(channel, payload, excluded)
+        if channel is None:
+            return 0
+        excluded = self.sessions.get(except_socket_id) if except_socket_id else None
+        return self._publish_to(channel, payload, excluded)
 
-    def _publish_to(self, channel: Channel, payload: bytes, excluded: Session | None) -> None:
+    def _publish_to(self, channel: Channel, payload: bytes, excluded: Session | None) -> int:
         frame = text_frame(payload)
+        subscribers = channel.subscribers
         if excluded is None:
-            for socket in channel.subscribers.values():
+            for socket in subscribers.values():
                 socket.send(frame)
+            delivered = len(subscribers)
         else:
-            for session, socket in channel.subscribers.items():
+            for session, socket in subscribers.items():
                 if session is not excluded:
                     socket.send(frame)
+            delivered = len(subscribers) - (excluded in subscribers)
+        self.stats.sent(delivered, len(payload))
+        return delivered
 
     def send_to_user(self, user_id: str, payload: bytes, except_socket_id: str | None) -> None:
         self.publish_to_user(user_id, payload, except_socket_id)
@@ -382,9 +394,12 @@ class AppHub:
         if not sessions:
             return
         frame = text_frame(payload)
+        delivered = 0
         for session in sessions:
             if session.socket_id != except_socket_id:
                 session.socket.send(frame)
+                delivered += 1
+        self.stats.sent(delivered, len(payload))
 
     def terminate_user(self, user_id: str) -> None:
         self.terminate_local(user_id)

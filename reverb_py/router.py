@@ -2,7 +2,8 @@
 
 Routes, all under the optional path prefix (Reverb's REVERB_SERVER_PATH):
 `GET {path}/app/{key}` upgrades to a Pusher WebSocket; `{path}/apps/{id}/...` is the HTTP API;
-`GET {path}/up` is liveness and `GET {path}/ready` readiness.
+`GET {path}/up` is liveness and `GET {path}/ready` readiness; `GET {path}/metrics` is Prometheus
+text when metrics are enabled on the main port.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import secrets
+from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from reverb_py.config import App, Settings
@@ -19,6 +22,7 @@ from reverb_py.pusher.http_api import HttpApi
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.pusher.session import Session
 from reverb_py.scaling.cluster import Cluster
+from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, WebSocketHandler
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
 from reverb_py.webhooks import Webhooks
@@ -30,6 +34,15 @@ _UP = HttpResponse(200, b'{"health":"OK"}', static=True)
 _READY = HttpResponse(200, b'{"ready":true}', static=True)
 _DRAINING = error_response(503, "Draining: connect to another replica")
 _REDIS_DOWN = error_response(503, "The Redis link to the other replicas is down")
+
+
+class Refusal(NamedTuple):
+    """Why an upgrade is refused: the Pusher code and message the client gets, and a short
+    reason for metrics and logs."""
+
+    code: ErrorCode
+    message: str
+    reason: str
 
 
 class Refused:
@@ -56,12 +69,7 @@ class PusherEndpoint:
 
     __slots__ = ("app", "hub", "refusal", "router")
 
-    def __init__(
-        self,
-        router: Router,
-        hub: AppHub | None,
-        refusal: tuple[ErrorCode, str] | None,
-    ) -> None:
+    def __init__(self, router: Router, hub: AppHub | None, refusal: Refusal | None) -> None:
         self.router = router
         self.hub = hub
         self.refusal = refusal
@@ -73,13 +81,18 @@ class PusherEndpoint:
 
     def open(self, socket: Connection) -> WebSocketHandler:
         if self.refusal is not None or self.hub is None:
-            code, message = self.refusal or (ErrorCode.APP_NOT_FOUND, "Application does not exist")
+            code, message, reason = self.refusal or _APP_NOT_FOUND
+            stats = self.hub.stats if self.hub is not None else self.router.unknown_app_stats
+            stats.connection_refused(reason)
             socket.send_text(messages.error(code, message))
             socket.close(int(code), message)
             return _REFUSED
         session = Session(self.hub, socket, self.router.new_socket_id(), self.router.debug)
         session.start()
         return session
+
+
+_APP_NOT_FOUND = Refusal(ErrorCode.APP_NOT_FOUND, "Application does not exist", "app_not_found")
 
 
 class Router:
@@ -95,6 +108,10 @@ class Router:
         self.hubs_by_key: dict[str, AppHub] = {hub.app.key: hub for hub in self.hubs_by_id.values()}
         self.api = HttpApi(self.hubs_by_id, self.prefix)
         self.draining = False
+        # Upgrades with a key no app has: counted under app_id "" (a client with a stale key).
+        self.unknown_app_stats = AppStats()
+        # Set by the server when metrics are served on this port: renders the exposition.
+        self.metrics: Callable[[], HttpResponse] | None = None
 
     def new_socket_id(self) -> str:
         sessions = [hub.sessions for hub in self.hubs_by_id.values()]
@@ -126,6 +143,10 @@ class Router:
             return _READY if self.cluster.ready else _REDIS_DOWN
         if path.startswith("/app/"):
             return error_response(426, "This endpoint needs a WebSocket upgrade")
+        if path == "/metrics" and self.metrics is not None:
+            if request.method not in ("GET", "HEAD"):
+                return error_response(405, "Method not allowed", (("Allow", "GET"),))
+            return self.metrics()
         return error_response(404, "Not found")
 
     def _strip_prefix(self, path: str) -> str | None:
@@ -145,22 +166,33 @@ class Router:
         hub = self.hubs_by_key.get(key)
         return PusherEndpoint(self, hub, self._refusal(request, hub))
 
-    def _refusal(self, request: HttpRequest, hub: AppHub | None) -> tuple[ErrorCode, str] | None:
+    def _refusal(self, request: HttpRequest, hub: AppHub | None) -> Refusal | None:
         if self.draining:
-            return ErrorCode.RECONNECT, "Server is closing. Please reconnect shortly."
+            return Refusal(
+                ErrorCode.RECONNECT, "Server is closing. Please reconnect shortly.", "draining"
+            )
         if hub is None:
-            return ErrorCode.APP_NOT_FOUND, "Application does not exist"
+            return _APP_NOT_FOUND
         protocol = dict(parse_qsl(request.query_string)).get("protocol")
         if protocol is not None:
             if not protocol.isdigit():
-                return ErrorCode.INVALID_VERSION, "Invalid version string format"
+                return Refusal(
+                    ErrorCode.INVALID_VERSION, "Invalid version string format", "protocol"
+                )
             if int(protocol) not in SUPPORTED_PROTOCOLS:
-                return ErrorCode.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol}"
+                return Refusal(
+                    ErrorCode.UNSUPPORTED_PROTOCOL,
+                    f"Unsupported protocol version {protocol}",
+                    "protocol",
+                )
         app = hub.app
-        if not origin_allowed(app, request.headers.get("origin")):
-            return ErrorCode.UNAUTHORIZED, "Origin not allowed"
+        origin = request.headers.get("origin")
+        if not origin_allowed(app, origin):
+            return Refusal(ErrorCode.UNAUTHORIZED, "Origin not allowed", "origin")
         if app.max_connections is not None and hub.connection_count() >= app.max_connections:
-            return ErrorCode.OVER_CONNECTION_QUOTA, "Application is over connection quota"
+            return Refusal(
+                ErrorCode.OVER_CONNECTION_QUOTA, "Application is over connection quota", "quota"
+            )
         return None
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 
 from reverb_py.config import Settings
+from reverb_py.metrics import Metrics, MetricsApplication
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.router import Router
 from reverb_py.scaling.cluster import Cluster
@@ -68,8 +69,14 @@ class Server:
             self.link = RedisLink(settings.redis.url, settings.scaling_channel, self.cluster)
             self.cluster.link = self.link
         self._next_heartbeat = 0.0
+        self.metrics: Metrics | None = None
+        if settings.metrics_enabled or settings.metrics_port is not None:
+            self.metrics = Metrics(self.router, self.cluster, self.link)
+            if settings.metrics_port is None:
+                self.router.metrics = self.metrics.response
         self.connections: set[Connection] = set()
         self._listener: asyncio.Server | None = None
+        self._metrics_listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -78,6 +85,13 @@ class Server:
         """The bound port (useful with port 0)."""
         assert self._listener is not None
         return self._listener.sockets[0].getsockname()[1]
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of the separate metrics listener, if there is one."""
+        if self._metrics_listener is None:
+            return None
+        return self._metrics_listener.sockets[0].getsockname()[1]
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -105,6 +119,16 @@ class Server:
             backlog=4096,
             reuse_address=True,
         )
+        if self.metrics is not None and settings.metrics_port is not None:
+            # Same transport, its own tiny application; it stays open while draining, so the
+            # drain itself can be watched.
+            application = MetricsApplication(self.metrics)
+            self._metrics_listener = await loop.create_server(
+                lambda: Connection(application, coalescer, limits, connections),
+                host=settings.host,
+                port=settings.metrics_port,
+                reuse_address=True,
+            )
         if self.link is not None:
             await self.link.start()
         self.webhooks.start()
@@ -174,11 +198,13 @@ class Server:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._listener is not None:
-            self._listener.close()
-            for connection in list(self.connections):
-                connection.abort()
-            await self._listener.wait_closed()
+        listeners = [x for x in (self._listener, self._metrics_listener) if x is not None]
+        for listener in listeners:
+            listener.close()
+        for connection in list(self.connections):
+            connection.abort()
+        for listener in listeners:
+            await listener.wait_closed()
         # After the last sessions left (their vacated/removed webhooks are decided) and before
         # the goodbye (after which another replica is the leader).
         await self.webhooks.close()

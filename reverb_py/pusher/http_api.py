@@ -79,14 +79,19 @@ class HttpApi:
         return self._handle_for(hub, request, path.split("/")[1:])
 
     def _handle_for(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
+        endpoint = "unknown"
         try:
             handler, method = self._route(route)
+            endpoint = handler.__name__.lstrip("_")
             if request.method != method:
-                return error_response(405, "Method not allowed", (("Allow", method),))
-            self._verify(hub, request)
-            return handler(hub, request, route)
+                response = error_response(405, "Method not allowed", (("Allow", method),))
+            else:
+                self._verify(hub, request)
+                response = handler(hub, request, route)
         except ApiError as exc:
-            return error_response(exc.status, exc.message)
+            response = error_response(exc.status, exc.message)
+        hub.stats.api_request(endpoint, response.status)
+        return response
 
     def _route(
         self, route: list[str]

@@ -63,6 +63,7 @@ class Session:
         "pinged_at",
         "socket",
         "socket_id",
+        "stats",
         "user_id",
         "watchlist",
     )
@@ -84,16 +85,21 @@ class Session:
         self.event_count = 0
         self.message_window = 0.0
         self.message_count = 0
+        self.stats = hub.stats
 
     # Lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.hub.add_session(self)
+        self.stats.opened += 1
         self._send(messages.connection_established(self.socket_id, self.app.activity_timeout))
 
     def on_message(self, data: bytes, binary: bool) -> None:
         if self.closed:
             return
+        stats = self.stats
+        stats.messages_received += 1
+        stats.message_bytes_received += len(data)
         if self.debug:
             frame_logger.debug("< %s %s", self.socket_id, data[:2048])
         if self.app.rate_limiting_enabled and self._over_message_rate():
@@ -133,6 +139,7 @@ class Session:
     def on_close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.stats.connection_closed("client")
             self.hub.remove_session(self)
 
     def close(self, code: ErrorCode, message: str) -> None:
@@ -141,6 +148,7 @@ class Session:
             return
         self._send(messages.error(code, message))
         self.closed = True
+        self.stats.connection_closed(code.name.lower())
         # Leave every channel now: a socket whose close is still flushing (or stuck behind a
         # client that stopped reading) must not receive, or count, any more.
         self.hub.remove_session(self)
@@ -167,6 +175,7 @@ class Session:
     def _send(self, payload: bytes) -> None:
         if self.debug:
             frame_logger.debug("> %s %s", self.socket_id, payload[:2048])
+        self.stats.sent(1, len(payload))
         self.socket.send_text(payload)
 
     # Dispatch ----------------------------------------------------------------------------
@@ -366,23 +375,26 @@ class Session:
 
     def _client_event(self, message: ClientMessage) -> None:
         app = self.app
-        rejected = ErrorCode.CLIENT_EVENT_REJECTED
         if app.accept_client_events_from == "none":
-            raise ProtocolViolation("The app does not have client messaging enabled.", rejected)
+            raise self._rejected("disabled", "The app does not have client messaging enabled.")
         name = message.channel
         if name is None:
-            raise ProtocolViolation("Client events need a channel", rejected)
+            raise self._rejected("no_channel", "Client events need a channel")
         if not channel_type(name).accepts_client_events:
-            raise ProtocolViolation(
-                "Client events are only accepted on private and presence channels", rejected
+            raise self._rejected(
+                "channel_type",
+                "Client events are only accepted on private and presence channels",
             )
         if name not in self.channels:
-            raise ProtocolViolation(
-                "The client is not a member of the specified channel.", ErrorCode.UNAUTHORIZED
+            raise self._rejected(
+                "not_subscribed",
+                "The client is not a member of the specified channel.",
+                ErrorCode.UNAUTHORIZED,
             )
         if len(message.event) > app.max_event_name_length:
-            raise ProtocolViolation(
-                f"Event name is longer than {app.max_event_name_length} characters", rejected
+            raise self._rejected(
+                "name_too_long",
+                f"Event name is longer than {app.max_event_name_length} characters",
             )
         limit = app.client_event_rate_limit
         if limit:
@@ -392,8 +404,8 @@ class Session:
                 self.event_count = 0
             self.event_count += 1
             if self.event_count > limit:
-                raise ProtocolViolation(
-                    f"Client event rate limit exceeded ({limit} per second)", rejected
+                raise self._rejected(
+                    "rate_limited", f"Client event rate limit exceeded ({limit} per second)"
                 )
         member_key = self.channels[name]
         user_id = None
@@ -402,7 +414,16 @@ class Session:
             record = channel.members.get(member_key) if channel and channel.members else None
             user_id = record.user_id if record is not None else member_key
         payload = messages.encode_event(message.event, message.data, name, user_id)
+        self.stats.client_events += 1
         self.hub.broadcast(name, payload, except_socket_id=self.socket_id)
         hooks = self.hub.hooks
         if hooks.wants("client_event"):
             hooks.client_event(name, message.event, message.data, self.socket_id, user_id)
+
+    def _rejected(
+        self, reason: str, message: str, code: ErrorCode = ErrorCode.CLIENT_EVENT_REJECTED
+    ) -> ProtocolViolation:
+        """Count a refused client event by a short reason (a metrics label) and build the error
+        the client gets."""
+        self.stats.client_event_rejected(reason)
+        return ProtocolViolation(message, code)

@@ -78,6 +78,12 @@ class RedisLink:
             self.dropped += 1
         self._wake.set()
 
+    def backlog(self) -> tuple[int, float | None]:
+        """Operations not yet published, and when (monotonic) the oldest was queued: how far
+        the other replicas lag behind this one (read by the metrics at scrape time)."""
+        outbox = self._outbox
+        return len(outbox), (outbox[0][0] if outbox else None)
+
     # Publishing --------------------------------------------------------------------------
 
     async def _publish_forever(self) -> None:

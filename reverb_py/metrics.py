@@ -1,0 +1,228 @@
+"""Prometheus metrics, computed when scraped.
+
+Nothing here runs on the hot paths. Counters are the plain integers of each app's `AppStats`
+(bumped where traffic happens); gauges (connections, channels, subscriptions, the Redis link)
+are read from the hubs and the cluster at scrape time. Each Server has its own registry, so
+several servers in one process (tests, embedding) never share or clash over metrics.
+
+Metrics are served at `{path}/metrics` on the main port, or only on `--metrics-port` when one
+is given (so a public ingress never exposes them), by the same HTTP transport as everything
+else: no extra thread or server library.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from reverb_py import __version__
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+
+if TYPE_CHECKING:
+    from reverb_py.router import Router
+    from reverb_py.scaling.cluster import Cluster
+    from reverb_py.scaling.redis import RedisLink
+    from reverb_py.stats import AppStats
+
+# The classic text format: every Prometheus version and compatible scraper reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN_APP = ""
+
+
+class ServerCollector:
+    """Yields every reverb_* metric from the live server state."""
+
+    def __init__(self, router: Router, cluster: Cluster, link: RedisLink | None) -> None:
+        self.router = router
+        self.cluster = cluster
+        self.link = link
+
+    def _stats(self) -> Iterator[tuple[str, AppStats]]:
+        for app_id, hub in self.router.hubs_by_id.items():
+            yield app_id, hub.stats
+        yield UNKNOWN_APP, self.router.unknown_app_stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._server()
+        yield from self._connections()
+        yield from self._channels()
+        yield from self._traffic()
+        if self.link is not None:
+            yield from self._redis(self.link)
+
+    def _server(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("reverb_build_info", "reverb-py version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "reverb_draining",
+            "1 while the server drains after SIGTERM/SIGINT (readiness is 503).",
+            value=1 if self.router.draining else 0,
+        )
+
+    def _connections(self) -> Iterator[Metric]:
+        current = GaugeMetricFamily(
+            "reverb_connections", "Open Pusher connections on this node.", labels=["app_id"]
+        )
+        for app_id, hub in self.router.hubs_by_id.items():
+            current.add_metric([app_id], len(hub.sessions))
+        yield current
+        opened = CounterMetricFamily(
+            "reverb_connections_opened",
+            "Pusher connections established.",
+            labels=["app_id"],
+        )
+        closed = CounterMetricFamily(
+            "reverb_connections_closed",
+            "Pusher connections closed, by reason: client (the client or the network closed "
+            "it) or the Pusher close code the server sent (reconnect, pong_timeout, ...).",
+            labels=["app_id", "reason"],
+        )
+        refused = CounterMetricFamily(
+            "reverb_connections_refused",
+            "WebSocket upgrades refused with a Pusher error, by reason "
+            "(app_id is empty for an unknown app key).",
+            labels=["app_id", "reason"],
+        )
+        for app_id, stats in self._stats():
+            if app_id != UNKNOWN_APP:
+                opened.add_metric([app_id], stats.opened)
+            for reason, count in stats.closed.items():
+                closed.add_metric([app_id, reason], count)
+            for reason, count in stats.refused.items():
+                refused.add_metric([app_id, reason], count)
+        yield from (opened, closed, refused)
+
+    def _channels(self) -> Iterator[Metric]:
+        channels = GaugeMetricFamily(
+            "reverb_channels",
+            "Occupied channels on this node, by type.",
+            labels=["app_id", "type"],
+        )
+        subscriptions = GaugeMetricFamily(
+            "reverb_subscriptions",
+            "Channel subscriptions on this node, by channel type.",
+            labels=["app_id", "type"],
+        )
+        for app_id, hub in self.router.hubs_by_id.items():
+            by_type: Counter[str] = Counter()
+            subscribed: Counter[str] = Counter()
+            for channel in hub.channels.values():
+                kind = channel.type.kind.value
+                by_type[kind] += 1
+                subscribed[kind] += len(channel.subscribers)
+            for kind, count in by_type.items():
+                channels.add_metric([app_id, kind], count)
+                subscriptions.add_metric([app_id, kind], subscribed[kind])
+        yield from (channels, subscriptions)
+
+    def _traffic(self) -> Iterator[Metric]:
+        families = {
+            "messages_received": CounterMetricFamily(
+                "reverb_messages_received", "WebSocket messages from clients.", labels=["app_id"]
+            ),
+            "message_bytes_received": CounterMetricFamily(
+                "reverb_message_bytes_received",
+                "Payload bytes of WebSocket messages from clients.",
+                labels=["app_id"],
+            ),
+            "messages_sent": CounterMetricFamily(
+                "reverb_messages_sent",
+                "WebSocket messages to clients (a broadcast counts once per subscriber).",
+                labels=["app_id"],
+            ),
+            "message_bytes_sent": CounterMetricFamily(
+                "reverb_message_bytes_sent",
+                "Payload bytes of WebSocket messages to clients.",
+                labels=["app_id"],
+            ),
+            "client_events": CounterMetricFamily(
+                "reverb_client_events", "Client events accepted and broadcast.", labels=["app_id"]
+            ),
+        }
+        rejected = CounterMetricFamily(
+            "reverb_client_events_rejected",
+            "Client events refused, by reason.",
+            labels=["app_id", "reason"],
+        )
+        api = CounterMetricFamily(
+            "reverb_http_api_requests",
+            "HTTP API requests, by endpoint and response status.",
+            labels=["app_id", "endpoint", "status"],
+        )
+        for app_id, stats in self._stats():
+            if app_id == UNKNOWN_APP:
+                continue
+            for attribute, family in families.items():
+                family.add_metric([app_id], getattr(stats, attribute))
+            for reason, count in stats.client_events_rejected.items():
+                rejected.add_metric([app_id, reason], count)
+            for (endpoint, status), count in stats.api_requests.items():
+                api.add_metric([app_id, endpoint, str(status)], count)
+        yield from families.values()
+        yield from (rejected, api)
+
+    def _redis(self, link: RedisLink) -> Iterator[Metric]:
+        queued, oldest = link.backlog()
+        yield GaugeMetricFamily(
+            "reverb_redis_connected",
+            "1 while the Redis link to the other replicas is up (readiness needs it).",
+            value=1 if link.connected else 0,
+        )
+        yield GaugeMetricFamily(
+            "reverb_redis_backlog_operations",
+            "Operations waiting to be published to the other replicas.",
+            value=queued,
+        )
+        yield GaugeMetricFamily(
+            "reverb_redis_backlog_age_seconds",
+            "Age of the oldest unpublished operation: how far the other replicas lag behind.",
+            value=0.0 if oldest is None else max(0.0, time.monotonic() - oldest),
+        )
+        yield CounterMetricFamily(
+            "reverb_redis_dropped_operations",
+            "Operations dropped because Redis was away longer than the backlog allows.",
+            value=link.dropped,
+        )
+        yield GaugeMetricFamily(
+            "reverb_cluster_replicas",
+            "Other replicas this node currently hears from through Redis.",
+            value=len(self.cluster.state.nodes),
+        )
+
+
+class Metrics:
+    """A registry of this server's metrics (plus the process's CPU, memory and fds)."""
+
+    def __init__(self, router: Router, cluster: Cluster, link: RedisLink | None) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(ServerCollector(router, cluster, link))
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def response(self) -> HttpResponse:
+        return HttpResponse(200, self.render(), content_type=CONTENT_TYPE)
+
+
+class MetricsApplication:
+    """The whole application of the separate metrics port: `GET /metrics`, nothing else."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def handle_http(self, request: HttpRequest) -> HttpResponse:
+        if request.path != "/metrics":
+            return error_response(404, "Not found")
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, "Method not allowed", (("Allow", "GET"),))
+        return self.metrics.response()
+
+    def route_websocket(self, request: HttpRequest) -> HttpResponse:
+        return error_response(404, "Not found")
