@@ -66,6 +66,17 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
     type=int,
     help="Serve /metrics on this port instead of the main one (REVERB_METRICS_PORT).",
 )
+@click.option(
+    "--max-connections-per-ip-per-second",
+    type=int,
+    help="New WebSockets per client IP per second, 0 = no limit "
+    "(REVERB_MAX_CONNECTIONS_PER_IP_PER_SECOND, default 0).",
+)
+@click.option(
+    "--trusted-proxies",
+    help="Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed "
+    "(REVERB_TRUSTED_PROXIES).",
+)
 def start(config_file: str | None, env_file: str | None, **options: Any) -> None:
     """Start the server."""
     settings = _load(options, config_file, env_file)

@@ -19,6 +19,8 @@ from urllib.parse import quote
 import orjson
 from dotenv import dotenv_values
 
+from reverb_py.ratelimit import parse_networks
+
 ClientEventsFrom = Literal["all", "members", "none"]
 LogFormat = Literal["text", "json"]
 
@@ -130,6 +132,7 @@ class Settings:
     tls_key: str | None = None
     log_format: LogFormat = "text"
     max_connections_per_ip_per_second: int = 0
+    trusted_proxies: tuple[str, ...] = ()
     webhook_delay: float = 3.0
     webhook_batch_window: float = 0.05
     webhook_timeout: float = 5.0
@@ -232,6 +235,15 @@ def _to_log_format(name: str, value: Any) -> LogFormat:
     if text not in ("text", "json"):
         raise ConfigError(f"{name}: expected text or json, got {value!r}")
     return text  # type: ignore[return-value]
+
+
+def _to_networks(name: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    texts = [str(item).strip() for item in items if str(item).strip()]
+    try:
+        return tuple(str(network) for network in parse_networks(name, texts))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
@@ -341,6 +353,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         "REVERB_MAX_CONNECTIONS_PER_IP_PER_SECOND",
         lambda n, v: _to_int(n, v, 0),
     ),
+    "trusted_proxies": ("REVERB_TRUSTED_PROXIES", _to_networks),
     "webhook_delay": ("REVERB_WEBHOOK_DELAY", _to_non_negative_float),
     "webhook_batch_window": ("REVERB_WEBHOOK_BATCH_WINDOW", _to_non_negative_float),
     "webhook_timeout": ("REVERB_WEBHOOK_TIMEOUT", _to_positive_float),

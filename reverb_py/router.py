@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -21,6 +22,7 @@ from reverb_py.pusher import messages
 from reverb_py.pusher.http_api import HttpApi
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.pusher.session import Session
+from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_networks
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, WebSocketHandler
@@ -34,6 +36,9 @@ _UP = HttpResponse(200, b'{"health":"OK"}', static=True)
 _READY = HttpResponse(200, b'{"ready":true}', static=True)
 _DRAINING = error_response(503, "Draining: connect to another replica")
 _REDIS_DOWN = error_response(503, "The Redis link to the other replicas is down")
+# A refusal that repeats (a full app, clients in a reconnect loop) is logged at most this often
+# per reason and app: one line tells the operator, a thousand would bury everything else.
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class Refusal(NamedTuple):
@@ -110,8 +115,14 @@ class Router:
         self.draining = False
         # Upgrades with a key no app has: counted under app_id "" (a client with a stale key).
         self.unknown_app_stats = AppStats()
+        self.client_address = ClientAddress(
+            parse_networks("trusted_proxies", settings.trusted_proxies)
+        )
+        per_ip = settings.max_connections_per_ip_per_second
+        self.limiter = NewConnectionLimiter(per_ip) if per_ip else None
         # Set by the server when metrics are served on this port: renders the exposition.
         self.metrics: Callable[[], HttpResponse] | None = None
+        self._last_logged: dict[str, float] = {}
 
     def new_socket_id(self) -> str:
         sessions = [hub.sessions for hub in self.hubs_by_id.values()]
@@ -171,6 +182,22 @@ class Router:
             return Refusal(
                 ErrorCode.RECONNECT, "Server is closing. Please reconnect shortly.", "draining"
             )
+        if self.limiter is not None:
+            ip = self.client_ip(request)
+            opened = self.limiter.hit(ip, time.monotonic())
+            if opened > self.limiter.limit:
+                if opened == self.limiter.limit + 1:  # the first refusal of this IP's window
+                    self._log_refusal(
+                        "rate_limited",
+                        "refusing new connections from %s: over %d per second (4100)",
+                        ip,
+                        self.limiter.limit,
+                    )
+                return Refusal(
+                    ErrorCode.OVER_CAPACITY,
+                    "Too many new connections from this address; retry shortly",
+                    "rate_limited",
+                )
         if hub is None:
             return _APP_NOT_FOUND
         protocol = dict(parse_qsl(request.query_string)).get("protocol")
@@ -188,12 +215,36 @@ class Router:
         app = hub.app
         origin = request.headers.get("origin")
         if not origin_allowed(app, origin):
+            self._log_refusal(
+                f"origin:{app.id}", "app %s refused origin %r (4009)", app.id, (origin or "")[:200]
+            )
             return Refusal(ErrorCode.UNAUTHORIZED, "Origin not allowed", "origin")
         if app.max_connections is not None and hub.connection_count() >= app.max_connections:
+            self._log_refusal(
+                f"quota:{app.id}",
+                "app %s is at its limit of %d connections: refusing more (4004)",
+                app.id,
+                app.max_connections,
+            )
             return Refusal(
                 ErrorCode.OVER_CONNECTION_QUOTA, "Application is over connection quota", "quota"
             )
         return None
+
+    def client_ip(self, request: HttpRequest) -> str:
+        """The client's address: the peer, or the one trusted proxies forwarded for."""
+        if not self.client_address.networks:
+            return request.client_ip
+        forwarded = [v for k, v in request.raw_headers if k.lower() == "x-forwarded-for"]
+        return self.client_address.resolve(request.client_ip, forwarded)
+
+    def _log_refusal(self, key: str, message: str, *args: object) -> None:
+        """A warning, at most once per REFUSAL_LOG_INTERVAL for each key (reason and app);
+        the metrics count every refusal."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            self._last_logged[key] = now
+            logger.warning(message, *args)
 
 
 def origin_allowed(app: App, origin: str | None) -> bool:

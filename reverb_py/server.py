@@ -148,6 +148,8 @@ class Server:
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.scaling_node_timeout / 5
                 self.cluster.heartbeat()
+        if self.router.limiter is not None:
+            self.router.limiter.sweep(now)
         for hub in self.router.hubs_by_id.values():
             for session in list(hub.sessions.values()):
                 session.check_liveness(now)
