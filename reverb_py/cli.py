@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -98,24 +99,49 @@ def start(config_file: str | None, env_file: str | None, **options: Any) -> None
     fds = raise_fd_limit()
     try:
         runner(_serve(settings, fds))
-    except OSError as exc:
-        click.echo(f"reverb-py: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
+    except OSError as exc:  # a port in use or not allowed, an unreadable certificate
+        click.echo(f"reverb-py: cannot start: {exc.strerror or exc}", err=True)
         sys.exit(1)
 
 
 async def _serve(settings: Settings, fds: int) -> None:
     server = Server(settings)
     await server.start()
-    scheme = "https/wss" if settings.tls_cert else "http/ws"
     logger.info(
-        "reverb-py %s listening on %s:%d (%s) path=%r apps=%s scaling=%s fd_limit=%d",
+        "reverb-py %s listening on %s:%d (%s) %s",
         __version__,
         settings.host,
         server.port,
-        scheme,
-        settings.path or "/",
-        ",".join(app.id for app in settings.apps),
-        "redis" if settings.scaling_enabled else "off",
-        fds,
+        "https/wss" if settings.tls_cert else "http/ws",
+        summary(settings, server, fds),
     )
     await server.run_until_signalled()
+
+
+def summary(settings: Settings, server: Server, fds: int) -> str:
+    """The effective configuration in one line, for the start-up log: never a secret, so app
+    keys and ids yes, secrets and Redis credentials no."""
+    if server.metrics_port is not None:
+        metrics = f":{server.metrics_port}/metrics"
+    elif server.metrics is not None:
+        metrics = f"{settings.path}/metrics"
+    else:
+        metrics = "off"
+    scaling = "off"
+    if settings.scaling_enabled:
+        url = urlsplit(settings.redis.url)
+        where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+        scaling = f"redis({url.scheme}://{where}, channel={settings.scaling_channel})"
+    per_ip = settings.max_connections_per_ip_per_second
+    parts = {
+        "path": settings.path or "/",
+        "apps": ",".join(f"{app.id}(key={app.key})" for app in settings.apps),
+        "scaling": scaling,
+        "metrics": metrics,
+        "drain": f"{settings.drain_seconds:g}s",
+        "per_ip_limit": f"{per_ip}/s" if per_ip else "off",
+        "trusted_proxies": ",".join(settings.trusted_proxies) or "none",
+        "fd_limit": str(fds),
+        "debug": "on" if settings.debug else "off",
+    }
+    return " ".join(f"{name}={value}" for name, value in parts.items())

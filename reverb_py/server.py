@@ -98,7 +98,13 @@ class Server:
         if not settings.tls_cert or not settings.tls_key:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except OSError as exc:  # ssl.SSLError is one; neither names the files
+            raise OSError(
+                exc.errno,
+                f"TLS certificate {settings.tls_cert} / key {settings.tls_key}: {exc.strerror}",
+            ) from exc
         return context
 
     async def start(self) -> None:
@@ -180,20 +186,38 @@ class Server:
         sessions = [s for hub in router.hubs_by_id.values() for s in hub.sessions.values()]
         random.shuffle(sessions)
         window = self.settings.drain_seconds
-        logger.info("draining %d connections over %.1f s", len(sessions), window)
+        started = time.monotonic()
+        logger.info(
+            "draining: readiness is 503, no new connections; telling %d clients to reconnect "
+            "(4200) over %.1f s",
+            len(sessions),
+            window,
+        )
         if sessions:
             steps = max(1, min(len(sessions), int(window * 10)))
             per_step = -(-len(sessions) // steps)
+            next_report = started + 1.0
             for start in range(0, len(sessions), per_step):
                 if start and window:
                     await asyncio.sleep(window / steps)
                 for session in sessions[start : start + per_step]:
                     session.close(ErrorCode.RECONNECT, "Server is shutting down, reconnect")
+                if time.monotonic() >= next_report:
+                    next_report += 1.0
+                    done = min(start + per_step, len(sessions))
+                    logger.info("drain: %d of %d clients told to reconnect", done, len(sessions))
         deadline = time.monotonic() + STUCK_CLOSING_SECONDS
         while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        stuck = sum(1 for c in self.connections if c.is_websocket)
         for connection in list(self.connections):
             connection.abort()
+        logger.info(
+            "drain finished in %.1f s: %d clients told to reconnect, %d unanswered closes aborted",
+            time.monotonic() - started,
+            len(sessions),
+            stuck,
+        )
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -218,10 +242,16 @@ class Server:
         """Serve until SIGTERM/SIGINT, then drain and stop."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        received: list[str] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, _on_signal, stop, received, signum.name)
         await stop.wait()
-        logger.info("shutdown requested: draining")
+        logger.info("%s received: shutting down", received[0])
         await self.drain()
         await self.close()
         logger.info("stopped")
+
+
+def _on_signal(stop: asyncio.Event, received: list[str], name: str) -> None:
+    received.append(name)
+    stop.set()

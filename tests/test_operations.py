@@ -1,19 +1,264 @@
-"""Connection-storm protection: the per-app connection limit, the per-IP new-connection rate
-limit with trusted proxies, and the fd limit."""
+"""Running in production: graceful drain on signals, readiness, TLS, connection-storm limits,
+the fd limit and logs that are useful and never leak a secret.
+
+The signal tests run `python -m reverb_py start` as a real process, as an orchestrator would.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import os
 import resource
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
+import pusher
 import pytest
 import websockets
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pusher.pusher_client import PusherClient
 
 from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_networks
 from reverb_py.server import raise_fd_limit
-from tests.conftest import APP, Running, ServerFactory, app_with
+from tests.conftest import APP, PusherSocket, Running, ServerFactory, app_with
+from tests.replicas import ROOT, free_port, wait_for
 from tests.test_websocket_protocol import closed_with
+
+SECRET = "s3cret-never-logged-4f9a"
+REDIS_PASSWORD = "redis-pw-never-logged-77c1"
+
+
+# ---------------------------------------------------------------------------------------------
+# A server process started through the CLI
+
+
+class Process:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        environment = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("REVERB_", "REDIS_"))},
+            "REVERB_APP_ID": APP.id,
+            "REVERB_APP_KEY": APP.key,
+            "REVERB_APP_SECRET": SECRET,
+            **(env or {}),
+        }
+        self.log: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *args],
+            env=environment,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            text=True,
+        )
+        wait_for(f"http://127.0.0.1:{self.port}/up")
+
+    def logs(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+    async def connect(self) -> PusherSocket:
+        url = f"ws://127.0.0.1:{self.port}/app/{APP.key}?protocol=7"
+        ws = await websockets.connect(url)
+        established = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert established["event"] == "pusher:connection_established", established
+        return PusherSocket(ws, json.loads(established["data"])["socket_id"])
+
+
+async def http_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[int, bytes]:
+    """One request on an open keep-alive connection: the status and the body."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, await reader.readexactly(length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graceful shutdown
+
+
+async def test_sigterm_drains_every_client_with_4200_and_exits_0() -> None:
+    drain = 2.0
+    server = Process("--drain-seconds", str(int(drain)))
+    try:
+        clients = [await server.connect() for _ in range(6)]
+        # A load balancer's health checker keeps its connection open: it must see the flip.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert (await http_get(reader, writer, "/ready"))[0] == 200
+
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        status, body = await http_get(reader, writer, "/ready")
+        for _ in range(50):
+            if status == 503:
+                break
+            await asyncio.sleep(0.02)
+            status, body = await http_get(reader, writer, "/ready")
+        assert status == 503, body
+        assert (await http_get(reader, writer, "/up"))[0] == 200  # alive, just not ready
+        # Readiness failed before the drain was over: some clients were still connected.
+        assert sum(1 for client in clients if client.ws.protocol.close_rcvd is None) >= 2
+
+        async def told_to_reconnect(client: PusherSocket) -> float:
+            error = await client.expect("pusher:error", timeout=drain + 2)
+            received = time.monotonic()
+            assert error["data"]["code"] == 4200
+            assert (await closed_with(client.ws, timeout=2)).code == 4200
+            return received
+
+        closed_at = await asyncio.gather(*(told_to_reconnect(client) for client in clients))
+        with pytest.raises(OSError):  # no longer accepting
+            await websockets.connect(f"ws://127.0.0.1:{server.port}/app/{APP.key}")
+
+        code = await asyncio.to_thread(server.process.wait, drain + 5)
+        exited = time.monotonic() - signalled
+        assert code == 0
+        assert exited < drain + 2.5, f"took {exited:.1f} s to exit"
+        # The closes were spread over the window, not sent all at once.
+        assert max(closed_at) - min(closed_at) > drain / 2
+        logs = server.logs()
+        assert "SIGTERM received" in logs
+        assert "telling 6 clients to reconnect (4200) over 2.0 s" in logs
+        assert "drain finished" in logs
+        writer.close()
+    finally:
+        server.stop()
+
+
+async def test_sigint_also_drains_and_exits_0() -> None:
+    server = Process("--drain-seconds", "0")
+    try:
+        client = await server.connect()
+        server.process.send_signal(signal.SIGINT)
+        assert (await client.expect("pusher:error", timeout=3))["data"]["code"] == 4200
+        assert await asyncio.to_thread(server.process.wait, 10) == 0
+        assert "SIGINT received" in server.logs()
+    finally:
+        server.stop()
+
+
+async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_4200(
+    start_server: ServerFactory,
+) -> None:
+    """The listener is closed, but an HTTP connection opened earlier can still ask to upgrade:
+    it must be told to go elsewhere, not be served."""
+    running = await start_server(drain_seconds=1)
+    holder = await running.connect()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    drain = asyncio.create_task(running.server.drain())
+    await holder.expect("pusher:error")
+    writer.write(
+        f"GET /app/{APP.key}?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(4096), 3)
+    assert b"101 Switching Protocols" in data
+    assert b'"code":4200' in data
+    writer.close()
+    await drain
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS
+
+
+@pytest.fixture(scope="module")
+def certificate() -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made for this test run."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reverb-py test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        yield cert_path, key_path
+
+
+async def test_tls_serves_wss_and_https_on_one_port(
+    start_server: ServerFactory, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    running = await start_server(tls_cert=str(cert), tls_key=str(key))
+    trust = ssl.create_default_context(cafile=str(cert))
+    url = f"wss://127.0.0.1:{running.port}/app/{APP.key}?protocol=7"
+    async with websockets.connect(url, ssl=trust) as ws:
+        established = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        assert established["event"] == "pusher:connection_established"
+        socket_id = json.loads(established["data"])["socket_id"]
+        await ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "news"}}))
+        await asyncio.wait_for(ws.recv(), 2)
+
+        def https(path: str, body: bytes | None = None) -> bytes:
+            request = urllib.request.Request(f"https://127.0.0.1:{running.port}{path}", body)
+            with urllib.request.urlopen(request, timeout=5, context=trust) as response:
+                return response.read()
+
+        assert await asyncio.to_thread(https, "/up") == b'{"health":"OK"}'
+        # The HTTP API over https, signed as the SDK signs it.
+        sdk = PusherClient(app_id=APP.id, key=APP.key, secret=APP.secret)
+        signed = sdk.trigger.make_request("news", "tls-event", {"over": "https"})
+        await asyncio.to_thread(https, signed.signed_path, signed.body)
+        event = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        assert event["event"] == "tls-event" and socket_id
+
+    with pytest.raises((OSError, websockets.InvalidMessage, websockets.InvalidHandshake)):
+        await websockets.connect(f"ws://127.0.0.1:{running.port}/app/{APP.key}", open_timeout=2)
+
 
 # ---------------------------------------------------------------------------------------------
 # Connection limits
@@ -103,3 +348,73 @@ def test_fd_soft_limit_raised_to_hard_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert limit == soft
     assert soft == hard or hard == resource.RLIM_INFINITY
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+
+
+async def test_json_logs_and_secrets_never_logged() -> None:
+    """Start with a known secret and a Redis password, with frame logging on, make traffic that
+    fails authentication in every way, and find neither secret in any log line, metric or
+    error body."""
+    server = Process(
+        "--log-format",
+        "json",
+        "--debug",
+        "--metrics",
+        env={
+            "REVERB_SCALING_ENABLED": "true",
+            "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0",
+        },
+    )
+    bodies: list[bytes] = []
+    try:
+        client = await server.connect()
+        await client.subscribe("private-orders", f"{APP.key}:{'0' * 64}")  # bad signature
+        await client.subscribe(
+            "presence-room", f"{APP.key}:{'0' * 64}", json.dumps({"user_id": "1"})
+        )
+        await client.send("pusher:signin", {"auth": f"{APP.key}:{'0' * 64}", "user_data": "{}"})
+        good = pusher.Pusher(
+            app_id=APP.id, key=APP.key, secret=SECRET, host="127.0.0.1", port=server.port, ssl=False
+        )
+        bad = pusher.Pusher(
+            app_id=APP.id,
+            key=APP.key,
+            secret="wrong",
+            host="127.0.0.1",
+            port=server.port,
+            ssl=False,
+        )
+        await asyncio.to_thread(good.trigger, "news", "ok", {})
+        with pytest.raises(pusher.errors.PusherBadAuth) as refused:
+            await asyncio.to_thread(bad.trigger, "news", "nope", {})
+        bodies.append(str(refused.value).encode())
+
+        def get(path: str) -> bytes:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}") as reply:
+                    return reply.read()
+            except urllib.error.HTTPError as error:
+                return error.read()
+
+        for path in ("/metrics", "/ready", f"/apps/{APP.id}/channels", "/nope"):
+            bodies.append(await asyncio.to_thread(get, path))
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, 15) == 0
+        logs = server.logs()
+    finally:
+        server.stop()
+
+    lines = [json.loads(line) for line in logs.splitlines() if line.strip()]  # all JSON
+    messages = [line["message"] for line in lines]
+    start = next(m for m in messages if "listening on" in m)
+    assert f"apps={APP.id}(key={APP.key})" in start
+    assert "scaling=redis(redis://127.0.0.1:1, channel=reverb)" in start
+    assert "metrics=/metrics" in start
+    assert any(m.startswith("< ") for m in messages), "--debug logs frames"
+    for text in [logs, *(body.decode() for body in bodies)]:
+        assert SECRET not in text
+        assert REDIS_PASSWORD not in text
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
