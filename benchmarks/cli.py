@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loadgen, report, servers, system
+from benchmarks import loadgen, profile, report, servers, system
 from benchmarks.scenarios import SCENARIOS, Scenario, select
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, help="cap sockets per scenario (quick looks, tests)")
     run.add_argument("--skip-ceiling", action="store_true", help="do not measure the generator")
     run.add_argument("--out", type=Path, help="results JSON path (default: results/<time>.json)")
+    run.add_argument("--profile", action="store_true", help="sample reverb-py with py-spy")
     _pinning_arguments(run)
 
     ceiling = commands.add_parser("ceiling", help="measure only the generator's own ceiling")
@@ -94,18 +95,32 @@ def run_one(
     round_no: int,
     server_cpu: int | None,
     load_cpu: int | None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Fresh server, one generator run, server stopped; never raises for a failed run."""
+    """Fresh server, one generator run, server stopped; never raises for a failed run.
+
+    With profile_dir, a managed reverb-py is sampled by py-spy for the whole generator run.
+    """
     record: dict[str, Any] = {"scenario": scenario.name, "server": target.name, "round": round_no}
     running = None
+    profiler = None
     try:
         running = servers.start(target, server_cpu, dict(scenario.server_env), RESULTS / "logs")
         args = [*scenario.loadgen_args(), "--host", target.host, "--port", str(running.port)]
         args += ["--app-id", servers.APP_ID, "--key", servers.APP_KEY]
         args += ["--secret", servers.APP_SECRET, "--server-pid", str(running.pid)]
+        if profile_dir is not None and target.name == "reverb-py":
+            stacks = profile_dir / f"{scenario.name}-round{round_no}.txt"
+            profiler = profile.Profiler(running.pid, stacks, load_cpu)
+            if scenario.profile_connect:
+                profiler.on_phase("measuring")
         others = system.ForeignLoad(running.pid)
-        done = loadgen.run(args, load_cpu, scenario.timeout())
+        on_phase = profiler.on_phase if profiler is not None else None
+        done = loadgen.run(args, load_cpu, scenario.timeout(), on_phase)
         foreign = others.pct_of_one_core(done.wall_s)
+        if profiler is not None:
+            record["profile"] = {"stacks": str(profiler.output), **profiler.stop()}
+            profiler = None
         load_busy = _core_busy(done.result, load_cpu)
         record.update(
             result=done.result,
@@ -114,13 +129,19 @@ def run_one(
             server_core_busy_pct=_core_busy(done.result, server_cpu),
             problems=_problems(done.result, load_busy, foreign),
         )
+        if "profile" in record:
+            record["problems"].append("profiled: py-spy shared the load core")
         if done.stderr:
             record["loadgen_log"] = done.stderr[-2000:]  # the first errors, for the second look
     except (servers.ServerError, loadgen.LoadgenError) as exc:
         record.update(error=str(exc), result={}, problems=[])
     finally:
+        if profiler is not None:
+            profiler.stop()
         if running is not None:
-            servers.stop(running)
+            servers.stop(running, keep_log=bool(record.get("error") or record.get("problems")))
+            if running.log is not None and running.log.exists():
+                record["server_log"] = str(running.log)
     return record
 
 
@@ -202,8 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = [t.name for t in targets]
     scenarios = [s.scaled(args.clients, args.duration) for s in select(args.scenario)]
     loadgen.build()
+    if args.profile and profile.find_py_spy() is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     started = datetime.datetime.now(datetime.UTC)
     out = args.out or RESULTS / f"{started:%Y%m%dT%H%M%SZ}-{'-vs-'.join(names)}.json"
+    profile_dir = out.with_suffix("") if args.profile else None
     document: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "commit": system.git_commit(),
@@ -223,13 +247,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         order = targets if round_no % 2 else targets[::-1]
         for scenario in scenarios:
             for target in order:
-                record = run_one(scenario, target, round_no, server_cpu, load_cpu)
+                record = run_one(scenario, target, round_no, server_cpu, load_cpu, profile_dir)
                 document["runs"].append(record)
                 print(
                     f"[round {round_no}] {scenario.name:<14} {target.name:<10} "
                     f"{_headline(record, scenario)}",
                     flush=True,
                 )
+                if "profile" in record:
+                    print(profile.text(record["profile"]), flush=True)
                 _write(out, document)
     document["summary"] = report.summarize(document["runs"], scenarios, names)
     _write(out, document)

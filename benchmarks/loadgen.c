@@ -1066,6 +1066,7 @@ static void start_run(uint64_t now) {
     cpu_srv0 = proc_cpu_s(O.server_pid);
     cpu_self0 = self_cpu_s();
     ncpus = cpu_busy_s(core_busy0, core_total0);
+    fprintf(stderr, "loadgen: measuring\n"); /* the runner starts its profiler on this line */
     t0 = now;
     t_stop = now + (uint64_t)(O.duration * 1e9);
     warmup_until = now + (uint64_t)(fmin(1.0, O.duration / 5) * 1e9);
@@ -1079,6 +1080,7 @@ static void stop_run(uint64_t now) {
     cpu_srv1 = proc_cpu_s(O.server_pid);
     cpu_self1 = self_cpu_s();
     cpu_busy_s(core_busy1, core_total1);
+    fprintf(stderr, "loadgen: measured\n");
     recv_at_stop = S.bench_recv, ok_at_stop = S.http_ok, sent_at_stop = S.ev_sent;
     t_stop = now;
     phase = PH_DRAIN;

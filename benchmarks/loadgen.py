@@ -10,9 +10,12 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from benchmarks import system
 
@@ -52,8 +55,17 @@ class LoadgenRun:
     wall_s: float
 
 
-def run(args: list[str], cpu: int | None, timeout: float) -> LoadgenRun:
-    """Runs the generator to completion; raises LoadgenError if it printed no JSON result."""
+def run(
+    args: list[str],
+    cpu: int | None,
+    timeout: float,
+    on_phase: Callable[[str], None] | None = None,
+) -> LoadgenRun:
+    """Runs the generator to completion; raises LoadgenError if it printed no JSON result.
+
+    on_phase is called with "measuring" and "measured" as the generator enters and leaves its
+    measurement window (the profiler samples only that window).
+    """
     command = [str(build()), *args]
     started = time.monotonic()
     process = subprocess.Popen(
@@ -63,17 +75,36 @@ def run(args: list[str], cpu: int | None, timeout: float) -> LoadgenRun:
         text=True,
         preexec_fn=system.pinning(cpu),
     )
+    assert process.stdout is not None and process.stderr is not None
+    log: list[str] = []
+    reader = threading.Thread(target=_read_log, args=(process.stderr, log, on_phase), daemon=True)
+    reader.start()
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        stdout, stderr = process.communicate()
+        process.wait()
+        reader.join()
+        stderr = "".join(log)
         raise LoadgenError(f"loadgen did not finish within {timeout:.0f} s:\n{stderr}") from None
     wall = time.monotonic() - started
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    reader.join()
+    stderr = "".join(log)
+    lines = [line for line in process.stdout.read().splitlines() if line.startswith("{")]
+    process.stdout.close()
     if not lines:
         raise LoadgenError(f"loadgen exited {process.returncode} without a result:\n{stderr}")
     return LoadgenRun(json.loads(lines[-1]), stderr, wall)
+
+
+def _read_log(stream: IO[str], log: list[str], on_phase: Callable[[str], None] | None) -> None:
+    for line in stream:
+        if line.startswith("loadgen: measur"):
+            if on_phase is not None:
+                on_phase(line.split(":", 1)[1].strip())
+        else:
+            log.append(line)
+    stream.close()
 
 
 def start_mock(port: int, batch: int, cpu: int | None) -> subprocess.Popen[bytes]:

@@ -31,6 +31,7 @@ class Scenario:
     settle: float = 1.0
     concurrency: int = 200
     signin: bool = False  # pusher:signin before subscribing (soketi closes unsigned sockets)
+    profile_connect: bool = False  # --profile from the first connect, not the measuring window
     server_env: tuple[tuple[str, str], ...] = ()
 
     def loadgen_args(self) -> list[str]:
@@ -135,6 +136,7 @@ SCENARIOS: dict[str, Scenario] = {
             duration=2.0,
             settle=3.0,
             concurrency=500,
+            profile_connect=True,
         ),
         Scenario(
             "client-events",

@@ -130,12 +130,15 @@ def start(target: Target, cpu: int | None, env: dict[str, str], log_dir: Path) -
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    stop(running)
+    stop(running, keep_log=True)
     raise ServerError(f"{target.name} not ready after {timeout:.0f} s:\n{running.log_tail()}")
 
 
-def stop(running: Running) -> None:
-    """SIGTERM, then SIGKILL after 15 s; only ever the process this module started."""
+def stop(running: Running, keep_log: bool = False) -> None:
+    """SIGTERM, then SIGKILL after 15 s; only ever the process this module started.
+
+    The server's log is deleted unless asked for: it only matters when a run went wrong.
+    """
     process = running.process
     if process is None:
         return
@@ -148,6 +151,8 @@ def stop(running: Running) -> None:
             process.wait()
     if running.log_file is not None:
         running.log_file.close()
+    if running.log is not None and not keep_log:
+        running.log.unlink(missing_ok=True)
 
 
 def versions() -> dict[str, str]:
