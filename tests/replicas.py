@@ -150,7 +150,7 @@ class Replica:
             return self.process.wait(10)
 
 
-def start_replica(redis_url: str, **env: str) -> Replica:
+def start_replica(redis_url: str, ready: bool = True, **env: str) -> Replica:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("REVERB_", "REDIS_"))},
@@ -173,8 +173,13 @@ def start_replica(redis_url: str, **env: str) -> Replica:
     )
     replica = Replica(port, process, environment, log)
     try:
-        wait_for(f"{replica.base}/ready")
+        wait_for(f"{replica.base}/{'ready' if ready else 'up'}")
     except TimeoutError:
         replica.stop(signal.SIGKILL)
         raise
     return replica
+
+
+def start_replica_unready(redis_url: str) -> Replica:
+    """A replica that is up but need not be ready (its Redis may be unreachable)."""
+    return start_replica(redis_url, ready=False)

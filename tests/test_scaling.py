@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PusherSocket
-from tests.replicas import RedisServer, Replica, start_replica
+from tests.replicas import RedisServer, Replica, free_port, start_replica, start_replica_unready
 
 pytestmark = pytest.mark.redis
 
@@ -296,3 +296,12 @@ async def test_redis_restart_mid_traffic(replicas: Any, redis_server: RedisServe
     for replica in (a, b):
         assert replica.process.poll() is None, replica.logs()
     assert "lost Redis" in a.logs()
+
+
+async def test_unreachable_redis_at_start_is_logged(redis_server: RedisServer) -> None:
+    replica = await asyncio.to_thread(start_replica_unready, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        await eventually(lambda: "cannot reach Redis" in replica.logs())
+        assert not replica.ready()
+    finally:
+        replica.stop(signal.SIGKILL)

@@ -49,6 +49,7 @@ class RedisLink:
         self.backlog_seconds = backlog_seconds
         self.backlog_ops = backlog_ops
         self.connected = False
+        self._ever_connected = False
         self.dropped = 0
         self._outbox: deque[tuple[float, Op]] = deque()
         self._wake = asyncio.Event()
@@ -132,6 +133,7 @@ class RedisLink:
             try:
                 await pubsub.subscribe(self.channel)
                 self.connected = True
+                self._ever_connected = True
                 delay = RETRY_MIN_SECONDS
                 logger.info("connected to Redis; scaling channel %r", self.channel)
                 self.cluster.link_up(time.monotonic())
@@ -144,6 +146,11 @@ class RedisLink:
                 if self.connected:
                     logger.error(
                         "lost Redis (%s): local delivery continues; reconnecting",
+                        _describe(exc),
+                    )
+                elif not self._ever_connected and delay == RETRY_MIN_SECONDS:
+                    logger.error(
+                        "cannot reach Redis (%s): retrying; /ready answers 503 until it does",
                         _describe(exc),
                     )
                 self.connected = False
