@@ -14,6 +14,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # Without an emoji font the example's screenshots show empty boxes (assertions read text).
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)  # the benchmark smoke test builds the C load generator
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
