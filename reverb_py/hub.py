@@ -32,7 +32,8 @@ from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, us
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.state import Members, Transition
 from reverb_py.stats import AppStats
-from reverb_py.transport.connection import Connection, text_frame
+from reverb_py.transport.connection import Connection
+from reverb_py.transport.websocket import text_frame
 from reverb_py.webhooks import AppWebhooks
 
 if TYPE_CHECKING:

@@ -278,6 +278,41 @@ async def test_plain_http_on_websocket_path(running: Running) -> None:
     assert status.startswith(b"HTTP/1.1 426")
 
 
+async def test_upgrade_without_key_is_a_json_400(running: Running) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(
+        f"GET /app/{running.app.key} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"error":"Invalid or missing Sec-WebSocket-Key header"' in answer
+
+
+async def test_client_close_is_echoed_and_the_session_ends(running: Running) -> None:
+    client = await running.connect()
+    await client.subscribe("leaving")
+    await client.ws.close(code=4000, reason="bye")
+    assert client.ws.protocol.close_rcvd.code == 4000
+    for _ in range(50):
+        if not _sessions(running):
+            break
+        await asyncio.sleep(0.02)
+    assert _sessions(running) == []
+
+
+async def test_framing_violation_closes_1002_without_affecting_others(running: Running) -> None:
+    bystander = await running.connect()
+    await bystander.subscribe("room")
+    offender = await running.connect()
+    offender.ws.transport.write(b"\x81\x05hello")  # a client frame must be masked
+    close = await closed_with(offender.ws)
+    assert close.code == 1002
+    await running.call(running.sdk().trigger, "room", "still-here", "1")
+    await bystander.expect("still-here")
+
+
 async def test_path_prefix(start_server: ServerFactory) -> None:
     """SDKs that know the prefix (pusher-php-server's `path`) sign the prefixed path."""
     running = await start_server(path="/ws")

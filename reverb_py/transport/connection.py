@@ -22,31 +22,24 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 import httptools
-from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
-from websockets.protocol import OPEN
-from websockets.server import ServerProtocol
+from websockets.frames import Opcode
 
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.transport.websocket import (
+    PING_FRAME,
+    FrameError,
+    FrameReader,
+    Received,
+    close_frame,
+    close_reply,
+    control_frame,
+    handshake_response,
+    text_frame,
+)
 
 logger = logging.getLogger("reverb_py.transport")
-# websockets logs every open/close at INFO; at our volume that is noise, so it gets its own
-# logger that only speaks up for warnings.
-_ws_logger = logging.getLogger("reverb_py.websocket")
-_ws_logger.setLevel(logging.WARNING)
 
-_NO_EXTENSIONS: list = []
 _MAX_PIPELINED_RESPONSES = 64
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked server text frame; encode once, write to any number of sockets."""
-    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=_NO_EXTENSIONS)
-
-
-def ping_frame() -> bytes:
-    return Frame(Opcode.PING, b"").serialize(mask=False, extensions=_NO_EXTENSIONS)
 
 
 class WebSocketHandler(Protocol):
@@ -122,7 +115,6 @@ class Connection(asyncio.Protocol):
         "_app",
         "_body",
         "_coalescer",
-        "_fragment_binary",
         "_header_bytes",
         "_headers",
         "_limits",
@@ -158,9 +150,8 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._responses: deque[tuple[HttpResponse | asyncio.Future[HttpResponse], bool]] = deque()
         self._pending: list[bytes] | None = None
-        self._fragment_binary = False
         self.transport: asyncio.Transport | None = None
-        self.ws: ServerProtocol | None = None
+        self.ws: FrameReader | None = None
         self.handler: WebSocketHandler | None = None
         self.client_ip = ""
         self.closing_since: float | None = None
@@ -338,17 +329,13 @@ class Connection(asyncio.Protocol):
         if isinstance(endpoint, HttpResponse):
             self._reply_and_close(endpoint)
             return
-        handshake = ServerProtocol(logger=_ws_logger)
-        response = handshake.accept(
-            Request(request.path, Headers(request.raw_headers))  # type: ignore[arg-type]
-        )
-        transport = self.transport
-        assert transport is not None
-        transport.write(response.serialize())
-        if response.status_code != 101:
-            transport.close()
+        accepted = handshake_response(self._headers)
+        if isinstance(accepted, HttpResponse):
+            self._reply_and_close(accepted)
             return
-        self.ws = ServerProtocol(state=OPEN, max_size=endpoint.max_message_size, logger=_ws_logger)
+        self.send(accepted)  # one write with the frames the handler queues on open
+        self._headers = []
+        self.ws = FrameReader(endpoint.max_message_size)
         self.handler = endpoint.open(self)
         if rest and self.transport is not None:
             self._websocket_data(rest)
@@ -358,36 +345,25 @@ class Connection(asyncio.Protocol):
     def _websocket_data(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
-        ws.receive_data(data)
-        for frame in ws.events_received():
-            handler = self.handler
-            if handler is None:
-                break
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    handler.on_message(frame.data, opcode is Opcode.BINARY)
+        if self.closing_since is not None:
+            return  # after a close frame either way, nothing more is read
+        try:
+            for kind, payload in ws.feed(data):
+                handler = self.handler
+                if handler is None:
+                    return
+                if kind is Received.TEXT or kind is Received.BINARY:
+                    handler.on_message(payload, kind is Received.BINARY)
+                elif kind is Received.PING:
+                    self.send(control_frame(Opcode.PONG, payload))
                 else:
-                    self._body = [frame.data]
-                    self._fragment_binary = opcode is Opcode.BINARY
-            elif opcode is Opcode.CONT:
-                self._body.append(frame.data)
-                if frame.fin:
-                    message, self._body = b"".join(self._body), []
-                    handler.on_message(message, self._fragment_binary)
-            elif opcode is Opcode.CLOSE:
-                self.closing_since = asyncio.get_running_loop().time()
-        self._write_protocol_output(ws)
-
-    def _write_protocol_output(self, ws: ServerProtocol) -> None:
-        """Pongs, close frames and EOF produced by the Sans-I/O layer, after queued frames."""
-        for chunk in ws.data_to_send():
-            if chunk:
-                self.send(chunk)
-            else:
-                self.flush()
-                if self.transport is not None:
-                    self.transport.close()
+                    code, reason = close_reply(payload)
+                    self._close_transport(code, reason)
+                    return
+                if self.closing_since is not None:
+                    return  # the handler closed the connection
+        except FrameError as error:
+            self._close_transport(error.code, error.reason)
 
     # Writing ------------------------------------------------------------------------------
 
@@ -417,19 +393,19 @@ class Connection(asyncio.Protocol):
                 handler.on_write_overflow()
 
     def ping(self) -> None:
-        self.send(ping_frame())
+        self.send(PING_FRAME)
 
     def close(self, code: int, reason: str = "") -> None:
         """Send a close frame with this code, then close the TCP connection."""
-        ws = self.ws
-        if ws is None or self.transport is None or self.closing_since is not None:
+        if self.ws is None or self.transport is None or self.closing_since is not None:
             return
+        self._close_transport(code, reason)
+
+    def _close_transport(self, code: int, reason: str) -> None:
+        """Queued frames, then the close frame, then TCP close: the server closes first, as
+        RFC 6455 asks, whether it or the client started the closing handshake."""
         self.closing_since = asyncio.get_running_loop().time()
-        if ws.state is OPEN:
-            ws.send_close(code, reason)
-        for chunk in ws.data_to_send():
-            if chunk:
-                self.send(chunk)
+        self.send(close_frame(code, reason))
         self.flush()
         if self.transport is not None:
             self.transport.close()
