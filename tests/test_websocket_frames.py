@@ -6,7 +6,7 @@ import orjson
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from reverb_py.transport.http import HttpResponse
+from reverb_py.transport.http import HttpRequest, HttpResponse
 from reverb_py.transport.websocket import (
     FrameError,
     FrameReader,
@@ -19,6 +19,11 @@ from reverb_py.transport.websocket import (
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example and its accept value
 RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def upgrade(raw_headers: list[tuple[str, str]]) -> HttpRequest:
+    headers = {name.lower(): value for name, value in raw_headers}
+    return HttpRequest("GET", "/app/key", "", headers, raw_headers=raw_headers)
 
 
 def upgrade_headers(**overrides: str | None) -> list[tuple[str, str]]:
@@ -38,7 +43,7 @@ def client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
 
 
 def test_valid_upgrade_gets_101_with_the_rfc_accept_value() -> None:
-    answer = handshake_response(upgrade_headers(Upgrade="WebSocket"))
+    answer = handshake_response(upgrade(upgrade_headers(Upgrade="WebSocket")))
     assert isinstance(answer, bytes)
     assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert b"\r\nSec-WebSocket-Accept: " + RFC_ACCEPT + b"\r\n" in answer
@@ -60,7 +65,7 @@ def test_valid_upgrade_gets_101_with_the_rfc_accept_value() -> None:
 def test_invalid_upgrade_is_explained(
     overrides: dict[str, str | None], status: int, fragment: str
 ) -> None:
-    answer = handshake_response(upgrade_headers(**overrides))
+    answer = handshake_response(upgrade(upgrade_headers(**overrides)))
     assert isinstance(answer, HttpResponse)
     assert answer.status == status
     assert fragment in orjson.loads(answer.body)["error"]
@@ -70,7 +75,7 @@ def test_invalid_upgrade_is_explained(
 
 def test_two_keys_are_refused() -> None:
     headers = [*upgrade_headers(), ("Sec-WebSocket-Key", RFC_KEY)]
-    answer = handshake_response(headers)
+    answer = handshake_response(upgrade(headers))
     assert isinstance(answer, HttpResponse) and answer.status == 400
 
 

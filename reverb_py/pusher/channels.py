@@ -8,9 +8,9 @@ the prefixes here are checked longest first and anchored.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from typing import NamedTuple
 
 
 class ChannelKind(Enum):
@@ -21,34 +21,38 @@ class ChannelKind(Enum):
     SERVER_TO_USER = "server-to-user"
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelType:
+class ChannelType(NamedTuple):
+    """Looked up on every subscribe and client event, so what is derived from the kind is
+    stored, not computed (a property comparing enums cost more than the lookup)."""
+
     kind: ChannelKind
     cached: bool
-
-    @property
-    def needs_auth(self) -> bool:
-        return self.kind in (ChannelKind.PRIVATE, ChannelKind.ENCRYPTED, ChannelKind.PRESENCE)
+    needs_auth: bool
 
     @property
     def accepts_client_events(self) -> bool:
         return self.needs_auth
 
 
+def _type(kind: ChannelKind, cached: bool) -> ChannelType:
+    signed = kind in (ChannelKind.PRIVATE, ChannelKind.ENCRYPTED, ChannelKind.PRESENCE)
+    return ChannelType(kind, cached, signed)
+
+
 SERVER_TO_USER_PREFIX = "#server-to-user-"
 
 # Longest prefix first: the first match wins.
 _PREFIXES: tuple[tuple[str, ChannelType], ...] = (
-    ("private-encrypted-cache-", ChannelType(ChannelKind.ENCRYPTED, cached=True)),
-    ("private-encrypted-", ChannelType(ChannelKind.ENCRYPTED, cached=False)),
-    ("private-cache-", ChannelType(ChannelKind.PRIVATE, cached=True)),
-    ("private-", ChannelType(ChannelKind.PRIVATE, cached=False)),
-    ("presence-cache-", ChannelType(ChannelKind.PRESENCE, cached=True)),
-    ("presence-", ChannelType(ChannelKind.PRESENCE, cached=False)),
-    ("cache-", ChannelType(ChannelKind.PUBLIC, cached=True)),
-    (SERVER_TO_USER_PREFIX, ChannelType(ChannelKind.SERVER_TO_USER, cached=False)),
+    ("private-encrypted-cache-", _type(ChannelKind.ENCRYPTED, True)),
+    ("private-encrypted-", _type(ChannelKind.ENCRYPTED, False)),
+    ("private-cache-", _type(ChannelKind.PRIVATE, True)),
+    ("private-", _type(ChannelKind.PRIVATE, False)),
+    ("presence-cache-", _type(ChannelKind.PRESENCE, True)),
+    ("presence-", _type(ChannelKind.PRESENCE, False)),
+    ("cache-", _type(ChannelKind.PUBLIC, True)),
+    (SERVER_TO_USER_PREFIX, _type(ChannelKind.SERVER_TO_USER, False)),
 )
-_PUBLIC = ChannelType(ChannelKind.PUBLIC, cached=False)
+_PUBLIC = _type(ChannelKind.PUBLIC, False)
 
 # Pusher's channel-name alphabet; user ids use the same one.
 _NAME_CHARS = re.compile(r"[-a-zA-Z0-9_=@,.;]+")

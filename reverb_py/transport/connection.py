@@ -329,7 +329,7 @@ class Connection(asyncio.Protocol):
         if isinstance(endpoint, HttpResponse):
             self._reply_and_close(endpoint)
             return
-        accepted = handshake_response(self._headers)
+        accepted = handshake_response(request)
         if isinstance(accepted, HttpResponse):
             self._reply_and_close(accepted)
             return

@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - websockets ships the C extension for every platform
     from websockets.utils import apply_mask
 
-from reverb_py.transport.http import HttpResponse, error_response
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
 
 _NO_EXTENSIONS: list = []
 
@@ -59,24 +59,19 @@ PING_FRAME = control_frame(Opcode.PING)
 
 
 def _has_token(value: str | None, token: str) -> bool:
-    return value is not None and any(part.strip().lower() == token for part in value.split(","))
+    if value is None:
+        return False
+    lowered = value.lower()
+    return lowered == token or token in [part.strip() for part in lowered.split(",")]
 
 
 def _upgrade_required(message: str) -> HttpResponse:
     return error_response(426, message, (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
 
 
-def handshake_response(raw_headers: list[tuple[str, str]]) -> bytes | HttpResponse:
+def handshake_response(request: HttpRequest) -> bytes | HttpResponse:
     """The 101 answer to a valid upgrade request, or the 4xx that explains what is wrong."""
-    headers: dict[str, str] = {}
-    keys = 0
-    for name, value in raw_headers:
-        lowered = name.lower()
-        if lowered == "sec-websocket-key":
-            keys += 1
-        # Repeated Connection/Upgrade headers are one comma-separated list (RFC 9110 5.3).
-        previous = headers.get(lowered)
-        headers[lowered] = value if previous is None else f"{previous}, {value}"
+    headers = request.headers
     if not _has_token(headers.get("upgrade"), "websocket"):
         return _upgrade_required("WebSocket upgrade needs the header Upgrade: websocket")
     if not _has_token(headers.get("connection"), "upgrade"):
@@ -84,6 +79,7 @@ def handshake_response(raw_headers: list[tuple[str, str]]) -> bytes | HttpRespon
     if headers.get("sec-websocket-version", "").strip() != "13":
         return _upgrade_required("Unsupported Sec-WebSocket-Version: only 13 is spoken")
     key = headers.get("sec-websocket-key", "").strip()
+    keys = sum(1 for name, _ in request.raw_headers if name.lower() == "sec-websocket-key")
     if keys != 1 or not _valid_key(key):
         return error_response(400, "Invalid or missing Sec-WebSocket-Key header")
     return (
