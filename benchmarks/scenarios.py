@@ -116,6 +116,23 @@ def _triggers(subscribers: int) -> Scenario:
     )
 
 
+def _idle(name: str, held: str, duration: float, ping_interval: int | None) -> Scenario:
+    env = () if ping_interval is None else (("REVERB_APP_PING_INTERVAL", str(ping_interval)),)
+    return Scenario(
+        name,
+        f"10 000 signed-in sockets, 1 channel each, {held}; the generator answers pusher:ping "
+        "and WebSocket pings",
+        "hold",
+        (SERVER_CPU, RSS_PER_CONN, DISCONNECTS, PINGS),
+        conns=10_000,
+        duration=duration,
+        settle=2.0,
+        concurrency=500,
+        signin=True,
+        server_env=env,
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -147,18 +164,19 @@ SCENARIOS: dict[str, Scenario] = {
             pairs=500,
             rate=5000.0,
         ),
-        Scenario(
+        _idle(
             "idle",
-            "10 000 signed-in sockets, 1 channel each, held for 30 s with "
-            "REVERB_APP_PING_INTERVAL=5; the generator answers pusher:ping and WebSocket pings",
-            "hold",
-            (SERVER_CPU, RSS_PER_CONN, DISCONNECTS, PINGS),
-            conns=10_000,
+            "held for 65 s at the default REVERB_APP_PING_INTERVAL of 60 s (Reverb's too), so "
+            "each socket is pinged once in the window, as it would be every minute in production",
+            duration=65.0,
+            ping_interval=None,
+        ),
+        _idle(
+            "idle-ping5",
+            "held for 30 s with REVERB_APP_PING_INTERVAL=5: twelve times the default ping rate, "
+            "2 000 pings a second, a stress variant",
             duration=30.0,
-            settle=2.0,
-            concurrency=500,
-            signin=True,
-            server_env=(("REVERB_APP_PING_INTERVAL", "5"),),
+            ping_interval=5,
         ),
     )
 }

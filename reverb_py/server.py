@@ -167,7 +167,7 @@ class Server:
             if connection.closing_since is not None:
                 if loop_time - connection.closing_since > STUCK_CLOSING_SECONDS:
                     connection.abort()
-            elif not connection.is_websocket:
+            elif connection.ws is None:  # idle HTTP keep-alive connections
                 if connection.seen:
                     connection.seen = False
                     connection.idle_ticks = 0
