@@ -1,4 +1,4 @@
-"""`python -m benchmarks run|ceiling|list`: the one command that runs the whole comparison.
+"""`python -m benchmarks run|cluster|ceiling|list`: the one command that runs the whole comparison.
 
 run: for each round, for each scenario, each server in turn (order alternating between rounds, so
 neither server always goes first): start it fresh on the server CPU, drive it with the generator
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loadgen, profile, report, servers, system
+from benchmarks import cluster, loadgen, profile, report, servers, system
 from benchmarks.scenarios import SCENARIOS, Scenario, select
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results JSON path (default: results/<time>.json)")
     run.add_argument("--profile", action="store_true", help="sample reverb-py with py-spy")
     _pinning_arguments(run)
+
+    cluster = commands.add_parser("cluster", help="one replica vs replicas sharing Redis")
+    cluster.add_argument("--replicas", type=int, default=3)
+    cluster.add_argument("--scenario", default="fanout-1000,latency-100")
+    cluster.add_argument("--rounds", type=int, default=3)
+    cluster.add_argument("--duration", type=float, help="override every scenario's run seconds")
+    cluster.add_argument(
+        "--clients", type=int, help="cap sockets per scenario (quick looks, tests)"
+    )
+    cluster.add_argument("--out", type=Path, help="results JSON path")
+    _pinning_arguments(cluster)
 
     ceiling = commands.add_parser("ceiling", help="measure only the generator's own ceiling")
     _pinning_arguments(ceiling)
@@ -296,4 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "ceiling":
         return cmd_ceiling(args)
+    if args.command == "cluster":
+        return cluster.cmd_cluster(args, *_cpus(args))
     return cmd_list()

@@ -20,6 +20,8 @@
  *                  broadcast, no checks): the source the runner uses to measure the ceiling of
  *                  this generator.
  * With --server-pid the generator samples /proc/PID of the server at phase boundaries.
+ * With --ws-ports P1,P2,.. the WebSocket clients are spread round-robin over those ports (the
+ * replicas of a cluster) while HTTP triggers go to --port.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -274,7 +276,7 @@ static double hist_quantile_ms(double q) {
 /* ------------------------------------------------------------------ options */
 
 static struct {
-    const char *mode, *host, *app_id, *key, *secret, *channel;
+    const char *mode, *host, *app_id, *key, *secret, *channel, *ws_ports;
     int port, listen_port, conns, subs, pairs, http_conns, concurrency, server_pid, batch, signin;
     double duration, rate, settle, connect_timeout;
 } O = {.host = "127.0.0.1",
@@ -448,14 +450,19 @@ static conn *conn_new(int kind, uint32_t id) {
     return c;
 }
 
+#define MAX_WS_PORTS 16
 static struct sockaddr_in server_addr;
+static struct sockaddr_in ws_addrs[MAX_WS_PORTS];
+static int n_ws_addrs;
 
 static int conn_connect(conn *c) {
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (c->fd < 0) return -1;
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 &&
+    const struct sockaddr_in *to = &server_addr;
+    if (c->kind == K_WS && n_ws_addrs > 0) to = &ws_addrs[c->id % (uint32_t)n_ws_addrs];
+    if (connect(c->fd, (const struct sockaddr *)to, sizeof *to) < 0 &&
         errno != EINPROGRESS) {
         close(c->fd);
         return -1;
@@ -1157,7 +1164,7 @@ static void usage(void) {
             "  [--app-id ID] [--key K] [--secret S] [--channel C] [--conns N] [--subs K]\n"
             "  [--pairs P] [--rate R] [--http-conns K] [--concurrency C] [--duration S]\n"
             "  [--settle S] [--connect-timeout S] [--server-pid PID] [--signin]\n"
-            "  [--listen PORT] [--batch B]\n");
+            "  [--listen PORT] [--batch B] [--ws-ports P1,P2,...]\n");
     exit(2);
 }
 
@@ -1169,7 +1176,7 @@ int main(int argc, char **argv) {
         {"pairs", 1, 0, 'P'},      {"rate", 1, 0, 'r'},         {"http-conns", 1, 0, 'H'},
         {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 'd'},    {"settle", 1, 0, 'w'},
         {"connect-timeout", 1, 0, 't'}, {"server-pid", 1, 0, 'i'}, {"listen", 1, 0, 'l'},
-        {"batch", 1, 0, 'b'},      {"signin", 0, 0, 'u'},
+        {"batch", 1, 0, 'b'},      {"signin", 0, 0, 'u'},       {"ws-ports", 1, 0, 'W'},
         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1194,6 +1201,7 @@ int main(int argc, char **argv) {
         case 'l': O.listen_port = atoi(optarg); break;
         case 'b': O.batch = atoi(optarg); break;
         case 'u': O.signin = 1; break;
+        case 'W': O.ws_ports = optarg; break;
         default: usage();
         }
     }
@@ -1218,6 +1226,12 @@ int main(int argc, char **argv) {
     if (inet_pton(AF_INET, O.host, &server_addr.sin_addr) != 1) {
         fprintf(stderr, "loadgen: --host must be an IPv4 address\n");
         return 2;
+    }
+    for (const char *p = O.ws_ports; p && *p && n_ws_addrs < MAX_WS_PORTS;) {
+        ws_addrs[n_ws_addrs] = server_addr;
+        ws_addrs[n_ws_addrs++].sin_port = htons((uint16_t)atoi(p));
+        p = strchr(p, ',');
+        if (p) p++;
     }
     nws = mode == M_CLIENT_EVENTS ? 2 * O.pairs : O.conns;
     nhc = mode == M_BROADCAST ? O.http_conns : 0;

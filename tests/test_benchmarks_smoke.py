@@ -93,3 +93,27 @@ def test_fanout_and_latency_deliver_every_message(
     assert runs["latency-50"]["result"]["latency_samples"] > 0
     assert "fanout-100" in document["summary"]
     assert out.with_suffix(".md").read_text().startswith("# reverb-py benchmarks")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_cluster_setup_delivers_across_replicas(tmp_path: Path) -> None:
+    """Subscribers spread over three replicas, triggers to the first: two thirds of every
+    delivery crosses Redis, and none may be missing."""
+    out = tmp_path / "cluster.json"
+    command = [sys.executable, "-m", "benchmarks", "cluster", "--scenario", "fanout-100"]
+    command += ["--rounds", "1", "--duration", "1", "--clients", "6", "--no-pin"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    document = json.loads(out.read_text())
+    runs = {run["server"]: run for run in document["runs"]}
+    assert set(runs) == {"1 replica", "3 replicas + Redis"}
+    for run in runs.values():
+        result = run["result"]
+        assert result["connections_ready"] == 6
+        assert result["triggers_ok"] > 0
+        assert result["delivered"] == result["expected"] == result["triggers_ok"] * 6
+        assert result["lost"] == 0
+    assert runs["3 replicas + Redis"]["result"]["redis_cpu_pct"] >= 0
