@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import orjson
@@ -37,8 +36,10 @@ class ApiError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One event to publish; a NamedTuple because one is built per trigger (a frozen dataclass
+    cost 1.6 us to construct)."""
+
     name: str
     data: str
     channels: tuple[str, ...]
