@@ -65,20 +65,28 @@ def reverb_server(tmp_path: Path) -> Iterator[tuple[int, int]]:
         log.close()
 
 
+def run_benchmarks(arguments: list[str], out: Path) -> dict:
+    """`python -m benchmarks ...` for one one-second round, unpinned; its JSON results."""
+    command = [sys.executable, "-m", "benchmarks", *arguments, "--rounds", "1", "--duration", "1"]
+    done = subprocess.run(
+        [*command, "--no-pin", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())
+
+
 def test_fanout_and_latency_deliver_every_message(
     reverb_server: tuple[int, int], tmp_path: Path
 ) -> None:
     port, pid = reverb_server
     out = tmp_path / "smoke.json"
-    command = [sys.executable, "-m", "benchmarks", "run", "--server", f"127.0.0.1:{port}"]
-    command += ["--server-pid", str(pid), "--scenario", "fanout-100,latency-50", "--rounds", "1"]
-    command += ["--duration", "1", "--clients", str(SUBSCRIBERS), "--skip-ceiling", "--no-pin"]
-    done = subprocess.run(
-        [*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    document = json.loads(out.read_text())
+    command = ["run", "--server", f"127.0.0.1:{port}", "--server-pid", str(pid)]
+    command += ["--scenario", "fanout-100,latency-50", "--clients", str(SUBSCRIBERS)]
+    document = run_benchmarks([*command, "--skip-ceiling"], out)
     runs = {run["scenario"]: run for run in document["runs"]}
     assert set(runs) == {"fanout-100", "latency-50"}
     for run in runs.values():
@@ -100,14 +108,7 @@ def test_cluster_setup_delivers_across_replicas(tmp_path: Path) -> None:
     """Subscribers spread over three replicas, triggers to the first: two thirds of every
     delivery crosses Redis, and none may be missing."""
     out = tmp_path / "cluster.json"
-    command = [sys.executable, "-m", "benchmarks", "cluster", "--scenario", "fanout-100"]
-    command += ["--rounds", "1", "--duration", "1", "--clients", "6", "--no-pin"]
-    done = subprocess.run(
-        [*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    document = json.loads(out.read_text())
+    document = run_benchmarks(["cluster", "--scenario", "fanout-100", "--clients", "6"], out)
     runs = {run["server"]: run for run in document["runs"]}
     assert set(runs) == {"1 replica", "3 replicas + Redis"}
     for run in runs.values():
