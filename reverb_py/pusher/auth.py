@@ -53,8 +53,8 @@ def webhook_signature(secret: str, body: bytes) -> str:
 def api_string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:
     """METHOD\\nPATH\\nQUERY: keys lower-cased, sorted, `k=v` joined by `&`, not URL-escaped;
     auth_signature itself is left out."""
-    pairs = sorted((key.lower(), value) for key, value in params if key.lower() != "auth_signature")
-    query = "&".join(f"{key}={value}" for key, value in pairs)
+    pairs = sorted((key.lower(), value) for key, value in params)
+    query = "&".join(f"{key}={value}" for key, value in pairs if key != "auth_signature")
     return f"{method.upper()}\n{path}\n{query}"
 
 

@@ -224,13 +224,14 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
-            too_long = value.isdigit() and int(value) > self._limits.max_body
-            if too_long and name.lower() == "content-length":
+            if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
+                if int(value) <= self._limits.max_body:
+                    return
                 raise _RequestTooLarge(error_response(413, "Request body too large"))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
-        if sum(len(chunk) for chunk in self._body) > self._limits.max_body:
+        if sum(map(len, self._body)) > self._limits.max_body:
             raise _RequestTooLarge(error_response(413, "Request body too large"))
 
     def on_message_complete(self) -> None:

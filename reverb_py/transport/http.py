@@ -26,9 +26,7 @@ class HttpRequest:
         if "%" in text or "+" in text:
             return parse_qsl(text, keep_blank_values=True)
         # Signed API queries are plain `k=v&k=v`: skip the general parser's unquoting.
-        return [
-            (pair.partition("=")[0], pair.partition("=")[2]) for pair in text.split("&") if pair
-        ]
+        return [(key, value) for key, _, value in (p.partition("=") for p in text.split("&") if p)]
 
 
 @dataclass(slots=True)
