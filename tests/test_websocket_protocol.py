@@ -339,6 +339,15 @@ async def test_routes_outside_the_prefix_are_not_found(start_server: ServerFacto
     assert second.startswith(b"HTTP/1.1 200")
 
 
+async def test_absolute_form_request_target_is_understood(running: Running) -> None:
+    """Proxies may send `GET http://host/path?query`; the path is what routes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(b"GET http://example.test/up?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    status = await reader.readline()
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200")
+
+
 async def test_health_also_answers_at_the_root(start_server: ServerFactory) -> None:
     """Probes and load balancers need not know the prefix."""
     running = await start_server(path="/ws")

@@ -176,7 +176,8 @@ class HttpApi:
         data = body["data"]
         if not isinstance(data, str):
             data = orjson.dumps(data).decode()
-        if len(data.encode()) > app.max_event_data_size:
+        size = len(data) if data.isascii() else len(data.encode())  # isascii is O(1)
+        if size > app.max_event_data_size:
             raise ApiError(413, f"Event data is larger than {app.max_event_data_size} bytes")
         channels = body.get("channels") if allow_channels else None
         if channels is None:

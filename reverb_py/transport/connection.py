@@ -69,6 +69,16 @@ class _RequestTooLarge(Exception):
         self.response = response
 
 
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Path and query of a request target. Clients send the origin form (`/path?query`), which
+    a split reads; anything else (absolute form, a fragment) goes through httptools' URL parser."""
+    if target[:1] == b"/" and b"#" not in target:
+        path, _, query = target.partition(b"?")
+        return path, query
+    url = httptools.parse_url(target)
+    return url.path or b"/", url.query or b""
+
+
 class WriteCoalescer:
     """Flushes every connection that has queued frames, once per event-loop iteration."""
 
@@ -250,11 +260,11 @@ class Connection(asyncio.Protocol):
             raise _RequestTooLarge(error_response(431, "Request header fields too large"))
 
     def _build_request(self, parser: httptools.HttpRequestParser) -> HttpRequest:
-        url = httptools.parse_url(self._url)
+        path, query = _split_target(self._url)
         return HttpRequest(
             method=parser.get_method().decode("latin-1"),
-            path=(url.path or b"/").decode("latin-1"),
-            query_string=(url.query or b"").decode("latin-1"),
+            path=path.decode("latin-1"),
+            query_string=query.decode("latin-1"),
             headers={name.lower(): value for name, value in self._headers},
             body=b"".join(self._body),
             client_ip=self.client_ip,

@@ -26,7 +26,12 @@ class HttpRequest:
         if "%" in text or "+" in text:
             return parse_qsl(text, keep_blank_values=True)
         # Signed API queries are plain `k=v&k=v`: skip the general parser's unquoting.
-        return [(key, value) for key, _, value in (p.partition("=") for p in text.split("&") if p)]
+        pairs = []
+        for pair in text.split("&"):
+            if pair:
+                key, _, value = pair.partition("=")
+                pairs.append((key, value))
+        return pairs
 
 
 @dataclass(slots=True)
