@@ -270,11 +270,17 @@ def _sessions(running: Running) -> list:
     return [s for hub in running.server.router.hubs_by_id.values() for s in hub.sessions.values()]
 
 
-async def test_plain_http_on_websocket_path(running: Running) -> None:
+async def status_line(running: Running, request_line: bytes) -> bytes:
+    """The status line the server answers a bare raw request with."""
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-    writer.write(b"GET /app/test-key HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(request_line + b"\r\nHost: x\r\n\r\n")
     status = await reader.readline()
     writer.close()
+    return status
+
+
+async def test_plain_http_on_websocket_path(running: Running) -> None:
+    status = await status_line(running, b"GET /app/test-key HTTP/1.1")
     assert status.startswith(b"HTTP/1.1 426")
 
 
@@ -341,10 +347,7 @@ async def test_routes_outside_the_prefix_are_not_found(start_server: ServerFacto
 
 async def test_absolute_form_request_target_is_understood(running: Running) -> None:
     """Proxies may send `GET http://host/path?query`; the path is what routes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-    writer.write(b"GET http://example.test/up?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-    status = await reader.readline()
-    writer.close()
+    status = await status_line(running, b"GET http://example.test/up?probe=1 HTTP/1.1")
     assert status.startswith(b"HTTP/1.1 200")
 
 
