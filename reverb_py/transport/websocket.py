@@ -4,9 +4,10 @@ websockets' `ServerProtocol` is a complete Sans-I/O connection, and keeping one 
 cost 1.4 KiB and, for the handshake, a `Headers` object and a second protocol instance per
 connection: 46 % of connect+subscribe time and the whole memory gap to soketi (benchmarks,
 connections scenario). A Pusher server needs much less of it per socket: read masked client
-frames, answer pings, echo a close. So frames are still parsed and validated by websockets
-(`Frame.parse`, `Close.parse`, its C masking), but the per-socket state is four slots, and the
-101 answer is written straight from the headers httptools already parsed.
+frames, answer pings, echo a close. So the per-socket state here is four slots and the 101 answer
+is written straight from the headers httptools already parsed, while websockets still provides
+what is easy to get wrong: the accept key, close-frame parsing and checks, framing of control
+frames, and the C unmasking.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class FrameReader:
     holds no buffer at all. The header is read here rather than by websockets' generator-based
     `Frame.parse`: driven from a buffer, that cost 8.5 us per frame against 1 us, and a
     connecting client sends a dozen frames. Unmasking is websockets' C `apply_mask`, and the
-    tests hold this reader to websockets' parser on every frame shape."""
+    tests feed it frames serialized by websockets in every length class and split anywhere."""
 
     __slots__ = ("_fragments", "_fragments_binary", "_partial", "max_size")
 
