@@ -10,7 +10,7 @@ import re
 import pytest
 import websockets
 from pusher.http import Request
-from websockets.frames import Close
+from websockets.frames import Close, Frame, Opcode
 
 from tests.conftest import Running, ServerFactory, app_with
 
@@ -235,6 +235,30 @@ async def test_answering_pings_keeps_socket_alive(
     await ws.send(json.dumps({"event": "pusher:ping"}))
     assert json.loads(await asyncio.wait_for(ws.recv(), 3))["event"] == "pusher:pong"
     await ws.close()
+
+
+async def test_after_a_pusher_pong_only_pusher_ping_is_sent(start_server: ServerFactory) -> None:
+    """pusher-js answers pusher:ping; from then on the WebSocket ping is left out. The
+    websockets client answers WebSocket pings by itself, so its frames are recorded to see them."""
+    running = await start_server(app_with(ping_interval=0.2, pong_timeout=0.5))
+    ws = await websockets.connect(running.url(), ping_interval=None)
+    seen: list[str] = []
+    process_event = ws.process_event
+
+    def record(frame: Frame) -> None:
+        seen.append("ping" if frame.opcode is Opcode.PING else frame.data.decode(errors="replace"))
+        process_event(frame)
+
+    ws.process_event = record  # type: ignore[method-assign]
+    await ws.recv()  # connection_established
+    for _ in range(3):
+        ping = json.loads(await asyncio.wait_for(ws.recv(), 3))
+        assert ping["event"] == "pusher:ping"
+        await ws.send(json.dumps({"event": "pusher:pong", "data": {}}))
+    await ws.close()
+    pings = [entry for entry in seen if entry == "ping" or "pusher:ping" in entry]
+    assert "pusher:ping" in pings[0] and pings[1] == "ping"  # before any answer: both kinds
+    assert "ping" not in pings[2:], pings
 
 
 async def test_slow_consumer_is_disconnected_and_memory_bounded(
