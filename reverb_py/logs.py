@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -33,3 +34,43 @@ def configure(log_format: str = "text", debug: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("reverb_py.frames").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+class ThrottledLog:
+    """Warnings that a client can cause, at most one per `interval` for each key.
+
+    A log line per bad request would let one client fill the disk and spend the event loop on
+    formatting, so repeats are counted instead and the count rides on the next line that is
+    written. Keys must come from a bounded set (a reason, an app id), never from client input:
+    the map of keys is never pruned. The clock is injectable so tests need not sleep.
+    """
+
+    __slots__ = ("_clock", "_interval", "_logger", "_state")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        """Log `message` unless this key logged less than `interval` ago; True if it did."""
+        now = self._clock()
+        last = self._state.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._state[key] = (last[0], last[1] + 1)
+            return False
+        self._state[key] = (now, 0)
+        held_back = 0 if last is None else last[1]
+        if held_back:
+            self._logger.warning(
+                message + " (and %d more since the last such line)", *args, held_back
+            )
+        else:
+            self._logger.warning(message, *args)
+        return True

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from reverb_py.config import App, Settings
 from reverb_py.hub import AppHub
+from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import messages
 from reverb_py.pusher.http_api import HttpApi
 from reverb_py.pusher.messages import ErrorCode
@@ -122,7 +123,7 @@ class Router:
         self.limiter = NewConnectionLimiter(per_ip) if per_ip else None
         # Set by the server when metrics are served on this port: renders the exposition.
         self.metrics: Callable[[], HttpResponse] | None = None
-        self._last_logged: dict[str, float] = {}
+        self._refusal_log = ThrottledLog(logger, REFUSAL_LOG_INTERVAL)
 
     def new_socket_id(self) -> str:
         sessions = [hub.sessions for hub in self.hubs_by_id.values()]
@@ -242,10 +243,7 @@ class Router:
     def _log_refusal(self, key: str, message: str, *args: object) -> None:
         """A warning, at most once per REFUSAL_LOG_INTERVAL for each key (reason and app);
         the metrics count every refusal."""
-        now = time.monotonic()
-        if now - self._last_logged.get(key, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
-            self._last_logged[key] = now
-            logger.warning(message, *args)
+        self._refusal_log.warning(key, message, *args)
 
 
 def origin_allowed(app: App, origin: str | None) -> bool:
