@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="benchmark servers and write results")
-    run.add_argument("--server", default="both", help="reverb-py | soketi | both | HOST:PORT")
+    run.add_argument(
+        "--server",
+        default="both",
+        help="reverb-py | soketi | both | reverb-py@REV | HOST:PORT, or a comma-separated list",
+    )
     run.add_argument("--server-pid", type=int, default=0, help="pid of a HOST:PORT server")
     run.add_argument("--scenario", default="all", help="all, or comma-separated names")
     run.add_argument("--rounds", type=int, default=3)
@@ -120,7 +124,7 @@ def run_one(
         args = [*scenario.loadgen_args(), "--host", target.host, "--port", str(running.port)]
         args += ["--app-id", servers.APP_ID, "--key", servers.APP_KEY]
         args += ["--secret", servers.APP_SECRET, "--server-pid", str(running.pid)]
-        if profile_dir is not None and target.name == "reverb-py":
+        if profile_dir is not None and target.name.startswith("reverb-py"):
             stacks = profile_dir / f"{scenario.name}-round{round_no}.txt"
             profiler = profile.Profiler(running.pid, stacks, load_cpu)
             if scenario.profile_connect:
@@ -242,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     document: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "commit": system.git_commit(),
-        "versions": servers.versions(),
+        "versions": servers.versions(targets),
         "host": system.host_info(),
         "pinning": {"server_cpu": server_cpu, "load_cpu": load_cpu},
         "scenarios": {s.name: dataclasses.asdict(s) for s in scenarios},

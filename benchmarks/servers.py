@@ -6,12 +6,14 @@ Both servers use the same app credentials, so the generator needs no per-server 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -26,6 +28,7 @@ APP_ID, APP_KEY, APP_SECRET = "app-id", "app-key", "app-secret"
 SOKETI_SCRIPT = Path(os.environ.get("SOKETI_START", "/work/shared/peers/soketi/start.sh"))
 SOKETI_WORKDIR = Path(os.environ.get("SOKETI_WORKDIR", "/tmp/soketi-peer"))
 MANAGED = ("reverb-py", "soketi")
+TREES = system.REPO / "benchmarks" / "build" / "trees"
 
 
 class ServerError(RuntimeError):
@@ -43,7 +46,13 @@ class Target:
 
     @property
     def managed(self) -> bool:
-        return self.name in MANAGED
+        return self.name in MANAGED or self.revision is not None
+
+    @property
+    def revision(self) -> str | None:
+        """`REV` of a `reverb-py@REV` target: reverb-py as it was at that git revision."""
+        server, at, revision = self.name.partition("@")
+        return revision if server == "reverb-py" and at else None
 
 
 @dataclass
@@ -62,15 +71,64 @@ class Running:
 
 
 def parse_targets(spec: str, external_pid: int) -> list[Target]:
-    """`reverb-py`, `soketi`, `both`, or `HOST:PORT` of a server that is already running."""
-    if spec == "both":
-        return [Target("reverb-py"), Target("soketi")]
-    if spec in MANAGED:
-        return [Target(spec)]
-    host, _, port = spec.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"--server must be reverb-py, soketi, both or HOST:PORT, not {spec!r}")
-    return [Target(spec, host, int(port), external_pid)]
+    """`reverb-py`, `soketi`, `both`, `reverb-py@REV` (the server as it was at a git revision,
+    for a same-run before/after comparison), `HOST:PORT` of a server that is already running,
+    or several of these separated by commas."""
+    targets: list[Target] = []
+    for part in spec.split(","):
+        if part == "both":
+            targets += [Target("reverb-py"), Target("soketi")]
+        elif part in MANAGED:
+            targets.append(Target(part))
+        elif part.startswith("reverb-py@"):
+            target = Target(part)
+            checkout(target.revision or "")
+            targets.append(target)
+        else:
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit():
+                raise SystemExit(
+                    "--server must be reverb-py, soketi, both, reverb-py@REV or HOST:PORT "
+                    f"(comma-separated), not {part!r}"
+                )
+            targets.append(Target(part, host, int(port), external_pid))
+    return targets
+
+
+def resolve(revision: str) -> str:
+    """The full commit id of a git revision of this repository."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+            cwd=system.REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"reverb-py@{revision}: not a commit of this repository") from None
+
+
+def checkout(revision: str) -> Path:
+    """`reverb_py/` as it was at `revision`, extracted once under benchmarks/build/trees.
+
+    The server then runs from that folder with the current interpreter and its installed
+    dependencies: a revision that needs other dependencies than the current one will not start.
+    """
+    commit = resolve(revision)
+    tree = TREES / commit[:12]
+    if not (tree / "reverb_py").is_dir():
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, "reverb_py"],
+            cwd=system.REPO,
+            capture_output=True,
+            check=True,
+        ).stdout
+        partial = tree.with_suffix(".partial")
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(partial, filter="data")
+        partial.replace(tree)
+    return tree
 
 
 def free_port() -> int:
@@ -79,15 +137,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _command(name: str, port: int) -> tuple[list[str], str, float]:
-    """The command line, the readiness path and how long the first start may take."""
-    if name == "reverb-py":
+def _command(target: Target, port: int) -> tuple[list[str], Path, str, float]:
+    """The command line, its working folder, the readiness path and how long the first start
+    may take. `python -m` puts the working folder first on the module path, so a
+    `reverb-py@REV` server imports the package extracted for that revision."""
+    if target.name == "reverb-py" or target.revision is not None:
         command = [sys.executable, "-m", "reverb_py", "start", "--host", "127.0.0.1"]
-        return [*command, "--port", str(port)], "/up", 30.0
+        folder = system.REPO if target.revision is None else checkout(target.revision)
+        return [*command, "--port", str(port)], folder, "/up", 30.0
     if not SOKETI_SCRIPT.exists():
         raise ServerError(f"soketi start script not found: {SOKETI_SCRIPT} (set SOKETI_START)")
     # the first start installs soketi from npm
-    return ["bash", str(SOKETI_SCRIPT), str(port)], "/", 240.0
+    return ["bash", str(SOKETI_SCRIPT), str(port)], system.REPO, "/", 240.0
 
 
 def start(target: Target, cpu: int | None, env: dict[str, str], log_dir: Path) -> Running:
@@ -95,7 +156,7 @@ def start(target: Target, cpu: int | None, env: dict[str, str], log_dir: Path) -
     if not target.managed:
         return Running(target, target.port, target.pid)
     port = free_port()
-    command, ready_path, timeout = _command(target.name, port)
+    command, folder, ready_path, timeout = _command(target, port)
     environ = {
         **os.environ,
         "REVERB_APP_ID": APP_ID,
@@ -104,11 +165,12 @@ def start(target: Target, cpu: int | None, env: dict[str, str], log_dir: Path) -
         **env,
     }
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = Path(tempfile.mkstemp(prefix=f"{target.name}-", suffix=".log", dir=log_dir)[1])
+    prefix = target.name.replace("/", "_")
+    log = Path(tempfile.mkstemp(prefix=f"{prefix}-", suffix=".log", dir=log_dir)[1])
     log_file = log.open("wb")
     process = subprocess.Popen(
         command,
-        cwd=system.REPO,
+        cwd=folder,
         env=environ,
         stdin=subprocess.DEVNULL,
         stdout=log_file,
@@ -155,9 +217,12 @@ def stop(running: Running, keep_log: bool = False) -> None:
         running.log.unlink(missing_ok=True)
 
 
-def versions() -> dict[str, str]:
-    """What was measured: the reverb-py commit and the installed soketi version."""
+def versions(targets: list[Target]) -> dict[str, str]:
+    """What was measured: the reverb-py commits and the installed soketi version."""
     found = {"reverb-py": system.git_commit()}
+    for target in targets:
+        if target.revision is not None:
+            found[target.name] = resolve(target.revision)[:12]
     package = SOKETI_WORKDIR / "node_modules" / "@soketi" / "soketi" / "package.json"
     try:
         found["soketi"] = json.loads(package.read_text())["version"]

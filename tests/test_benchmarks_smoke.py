@@ -118,3 +118,23 @@ def test_cluster_setup_delivers_across_replicas(tmp_path: Path) -> None:
         assert result["delivered"] == result["expected"] == result["triggers_ok"] * 6
         assert result["lost"] == 0
     assert runs["3 replicas + Redis"]["result"]["redis_cpu_pct"] >= 0
+
+
+def test_same_run_against_an_earlier_revision(tmp_path: Path) -> None:
+    """`--server reverb-py,reverb-py@REV` runs the working tree and the package extracted at a
+    revision in one session, so a change is compared with its parent under the same machine
+    load. HEAD stands in for the parent here: a shallow clone may have no other commit."""
+    out = tmp_path / "before-after.json"
+    command = ["run", "--server", "reverb-py,reverb-py@HEAD", "--scenario", "fanout-100"]
+    document = run_benchmarks([*command, "--clients", str(SUBSCRIBERS), "--skip-ceiling"], out)
+    runs = {run["server"]: run for run in document["runs"]}
+    assert set(runs) == {"reverb-py", "reverb-py@HEAD"}
+    for run in runs.values():
+        assert "error" not in run, run
+        assert run["result"]["lost"] == 0
+        assert run["result"]["delivered"] == run["result"]["triggers_ok"] * SUBSCRIBERS > 0
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert head.startswith(document["versions"]["reverb-py@HEAD"])
+    assert "ratio" in document["summary"]["fanout-100"]["delivered_per_s"]
