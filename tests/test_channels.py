@@ -389,8 +389,11 @@ async def test_channel_queries(running: Running) -> None:
     assert listing == {"channels": {"news": {}, "presence-lobby": {}}}
     presence = await running.call(sdk.channels_info, "presence-", ["user_count"])
     assert presence == {"channels": {"presence-lobby": {"user_count": 2}}}
-    with pytest.raises(pusher.errors.PusherBadRequest):
-        await running.call(sdk.channels_info, None, ["user_count"])
+    # Attributes that do not apply are left out (Reverb's 200), not refused (Pusher's 400).
+    everything = await running.call(sdk.channels_info, None, ["user_count", "subscription_count"])
+    assert everything == {
+        "channels": {"news": {"subscription_count": 2}, "presence-lobby": {"user_count": 2}}
+    }
 
     news = await running.call(sdk.channel_info, "news", ["subscription_count"])
     assert news == {"occupied": True, "subscription_count": 2}
@@ -398,13 +401,44 @@ async def test_channel_queries(running: Running) -> None:
     assert lobby == {"occupied": True, "user_count": 2}
     empty = await running.call(sdk.channel_info, "nobody-here")
     assert empty == {"occupied": False}
-    with pytest.raises(pusher.errors.PusherBadRequest):
-        await running.call(sdk.channel_info, "news", ["user_count"])
+    both = ["user_count", "subscription_count"]
+    assert await running.call(sdk.channel_info, "news", both) == news
+    assert await running.call(sdk.channel_info, "presence-lobby", both) == lobby
 
     users = await running.call(sdk.users_info, "presence-lobby")
     assert sorted(u["id"] for u in users["users"]) == ["u1", "u2"]
     with pytest.raises(pusher.errors.PusherBadRequest):
         await running.call(sdk.users_info, "news")
+
+
+async def test_queries_answer_like_reverb_where_pusher_refuses(running: Running) -> None:
+    """What a Laravel dashboard written against Reverb asks: every call answers 200 with the
+    attributes that apply; empty and unknown channels are unoccupied, not errors."""
+    sdk = running.sdk()
+    client = await running.connect()
+    await client.subscribe("panic-alerts")
+    await running.call(sdk.trigger, "cache-status", "armed", "{}")
+
+    assert await running.call(sdk.channel_info, "panic-alerts", ["cache", "user_count"]) == {
+        "occupied": True
+    }
+    assert await running.call(sdk.channel_info, "never-used", ["subscription_count"]) == {
+        "occupied": False,
+        "subscription_count": 0,
+    }
+    assert await running.call(sdk.channel_info, "presence-empty", ["user_count"]) == {
+        "occupied": False,
+        "user_count": 0,
+    }
+    assert await running.call(sdk.users_info, "presence-empty") == {"users": []}
+    cached = await running.call(sdk.channels_info, "cache-", ["cache"])
+    assert cached == {"channels": {}}  # listed channels are occupied ones, as everywhere
+    watcher = await running.connect()
+    await watcher.subscribe("cache-status")
+    await watcher.expect("armed")
+    cached = await running.call(sdk.channels_info, "cache-", ["cache", "subscription_count"])
+    entry = cached["channels"]["cache-status"]
+    assert (entry["subscription_count"], entry["cache"]["event"]) == (1, "armed")
 
 
 async def test_connections_endpoint(running: Running) -> None:
