@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import click
@@ -30,8 +30,12 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
             flags=options, environ=os.environ, config_file=config, env_file=env_file
         )
     except ConfigError as exc:
-        click.echo(f"reverb-py: configuration error: {exc}", err=True)
-        sys.exit(2)
+        _configuration_error(exc)
+
+
+def _configuration_error(exc: ConfigError) -> NoReturn:
+    click.echo(f"reverb-py: configuration error: {exc}", err=True)
+    sys.exit(2)
 
 
 @main.command()
@@ -48,7 +52,11 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
     default=None,
     help="Link replicas through Redis (REVERB_SCALING_ENABLED).",
 )
-@click.option("--drain-seconds", type=int, help="Graceful drain window (REVERB_DRAIN_SECONDS).")
+@click.option(
+    "--drain-seconds",
+    type=float,
+    help="Graceful drain window in seconds, decimals allowed (REVERB_DRAIN_SECONDS).",
+)
 @click.option("--tls-cert", help="PEM certificate: serve wss:// and https:// (REVERB_TLS_CERT).")
 @click.option("--tls-key", help="PEM private key for --tls-cert (REVERB_TLS_KEY).")
 @click.option(
@@ -78,10 +86,25 @@ def _load(options: dict[str, Any], config: str | None, env_file: str | None) -> 
     help="Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed "
     "(REVERB_TRUSTED_PROXIES).",
 )
+@click.option(
+    "--require-app/--no-require-app",
+    "require_app",
+    default=None,
+    help="Refuse to start without a configured app instead of generating a development one "
+    "(REVERB_REQUIRE_APP, default off).",
+)
 def start(config_file: str | None, env_file: str | None, **options: Any) -> None:
     """Start the server."""
     settings = _load(options, config_file, env_file)
     logs.configure(settings.log_format, settings.debug)
+    if settings.ignored_app_variables:
+        logger.warning(
+            "No app configured although Reverb settings are present (%s): REVERB_APP_ID, "
+            "REVERB_APP_KEY and REVERB_APP_SECRET must all be set and spelt exactly so. Serving "
+            "a development app with fresh credentials instead: your backend's publishes will "
+            "get 401. Set REVERB_REQUIRE_APP=true to refuse to start in this case.",
+            ", ".join(settings.ignored_app_variables),
+        )
     if settings.generated_app:
         app = settings.apps[0]
         click.echo(
@@ -99,7 +122,9 @@ def start(config_file: str | None, env_file: str | None, **options: Any) -> None
     fds = raise_fd_limit()
     try:
         runner(_serve(settings, fds))
-    except OSError as exc:  # a port in use or not allowed, an unreadable certificate
+    except ConfigError as exc:  # found only when the server opens it: a TLS certificate
+        _configuration_error(exc)
+    except OSError as exc:  # a port in use or not allowed
         click.echo(f"reverb-py: cannot start: {exc.strerror or exc}", err=True)
         sys.exit(1)
 
@@ -135,6 +160,7 @@ def summary(settings: Settings, server: Server, fds: int) -> str:
     per_ip = settings.max_connections_per_ip_per_second
     parts = {
         "path": settings.path or "/",
+        "hostname": settings.hostname or "none",
         "apps": ",".join(f"{app.id}(key={app.key})" for app in settings.apps),
         "scaling": scaling,
         "metrics": metrics,

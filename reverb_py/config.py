@@ -139,8 +139,12 @@ class Settings:
     webhook_retry_base: float = 1.0
     webhook_retry_for: float = 300.0
     webhook_queue_size: int = 10_000
+    require_app: bool = False
     apps: tuple[App, ...] = ()
     generated_app: bool = False
+    # With a generated app: the Reverb-looking variables that were set anyway (names only),
+    # the usual sign of a misspelt or empty REVERB_APP_* in a .env.
+    ignored_app_variables: tuple[str, ...] = ()
 
     def app_by_key(self) -> dict[str, App]:
         return {app.key: app for app in self.apps}
@@ -169,9 +173,10 @@ def _to_int(name: str, value: Any, minimum: int = 0, maximum: int | None = None)
         number = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        upper = f" and {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{name}: must be at least {minimum}{upper}, got {number}")
+    if maximum is not None and not minimum <= number <= maximum:
+        raise ConfigError(f"{name}: must be between {minimum} and {maximum}, got {number}")
+    if number < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {number}")
     return number
 
 
@@ -343,7 +348,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "scaling_enabled": ("REVERB_SCALING_ENABLED", _to_bool),
     "scaling_channel": ("REVERB_SCALING_CHANNEL", _to_str),
     "scaling_node_timeout": ("REVERB_SCALING_NODE_TIMEOUT", _to_positive_float),
-    "drain_seconds": ("REVERB_DRAIN_SECONDS", lambda n, v: float(_to_int(n, v, 0))),
+    "drain_seconds": ("REVERB_DRAIN_SECONDS", _to_non_negative_float),
     "metrics_enabled": ("REVERB_METRICS_ENABLED", _to_bool),
     "metrics_port": ("REVERB_METRICS_PORT", lambda n, v: _to_int(n, v, 1, 65535)),
     "tls_cert": ("REVERB_TLS_CERT", _to_str),
@@ -360,7 +365,20 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "webhook_retry_base": ("REVERB_WEBHOOK_RETRY_BASE", _to_positive_float),
     "webhook_retry_for": ("REVERB_WEBHOOK_RETRY_FOR", _to_non_negative_float),
     "webhook_queue_size": ("REVERB_WEBHOOK_QUEUE_SIZE", lambda n, v: _to_int(n, v, 1)),
+    "require_app": ("REVERB_REQUIRE_APP", _to_bool),
 }
+
+# Laravel's Redis connection variables; the TOML [redis] table takes the same names in lower
+# case without the prefix (`REDIS_HOST` -> `host`) and nothing else.
+REDIS_VARIABLES = (
+    "REDIS_URL",
+    "REDIS_SCHEME",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_USERNAME",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+)
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
@@ -445,9 +463,32 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 def _read_env_file(path: str) -> dict[str, str]:
+    if Path(path).is_dir():
+        raise ConfigError(f"--env-file: {path} is a directory; give the .env file in it")
     if not Path(path).is_file():
         raise ConfigError(f"--env-file: {path} does not exist")
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+    try:
+        values = dotenv_values(path)
+    except OSError as exc:
+        raise ConfigError(f"--env-file: cannot read {path}: {exc.strerror}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _reverb_looking(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Names (never values) of variables that look like Reverb settings."""
+    return tuple(sorted(name for name in env if "REVERB" in name.upper()))
+
+
+def _redis_table(toml: Mapping[str, Any]) -> dict[str, str]:
+    """The [redis] table as the REDIS_* variables it stands for."""
+    table = toml.get("redis", {})
+    if not isinstance(table, dict):
+        raise ConfigError("--config: [redis] must be a table")
+    variables = {f"REDIS_{key.upper()}": key for key in table}
+    unknown = [key for variable, key in variables.items() if variable not in REDIS_VARIABLES]
+    if unknown:
+        raise ConfigError(f"[redis]: unknown setting(s) {', '.join(sorted(unknown))}")
+    return {variable: str(table[key]) for variable, key in variables.items()}
 
 
 def load_settings(
@@ -467,6 +508,7 @@ def load_settings(
     toml = _read_toml(config_file) if config_file else {}
 
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}  # the name each setting was given under, for error messages
     toml_server = toml.get("server", {})
     if not isinstance(toml_server, dict):
         raise ConfigError("--config: [server] must be a table")
@@ -475,22 +517,27 @@ def load_settings(
         raise ConfigError(f"[server]: unknown setting(s) {', '.join(sorted(unknown))}")
     for name, (variable, parse) in _SERVER_SETTINGS.items():
         if name in flags:
-            values[name] = parse(f"--{name.replace('_', '-')}", flags[name])
+            where[name] = f"--{name.replace('_', '-')}"
+            values[name] = parse(where[name], flags[name])
         elif env.get(variable, "").strip():
+            where[name] = variable
             values[name] = parse(variable, env[variable])
         elif name in toml_server:
-            values[name] = parse(f"[server].{name}", toml_server[name])
+            where[name] = f"[server].{name}"
+            values[name] = parse(where[name], toml_server[name])
     values["debug"] = bool(flags.get("debug")) or _to_bool(
         "[server].debug", toml_server.get("debug", False)
     )
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError("--tls-cert/--tls-key: give both the certificate and the key")
+    port = values.get("port", Settings.__dataclass_fields__["port"].default)
+    if port and values.get("metrics_port") == port:
+        raise ConfigError(
+            f"{where['metrics_port']}: must differ from the main port {port} "
+            "(leave it unset to serve /metrics on the main port)"
+        )
 
-    toml_redis = toml.get("redis", {})
-    if not isinstance(toml_redis, dict):
-        raise ConfigError("--config: [redis] must be a table")
-    # [redis] url/host/port/username/password/db read like Laravel's REDIS_* variables.
-    redis_env = {**{f"REDIS_{k.upper()}": str(v) for k, v in toml_redis.items()}, **env}
+    redis_env = {**_redis_table(toml), **env}
     if values.get("scaling_enabled") or redis_env.get("REDIS_URL") or env.get("REDIS_HOST"):
         values["redis"] = RedisSettings(url=_redis_url(redis_env))
 
@@ -510,10 +557,23 @@ def load_settings(
     if duplicate is not None:
         raise ConfigError(f"apps: the key {duplicate!r} is used by more than one app")
     generated = not apps
+    ignored: tuple[str, ...] = ()
     if generated:
+        ignored = _reverb_looking(env)
+        if values.get("require_app"):
+            raise ConfigError(
+                f"{where['require_app']}: no app configured; set REVERB_APP_ID, REVERB_APP_KEY "
+                "and REVERB_APP_SECRET (or [[apps]] in --config)"
+                + (f"; Reverb-looking variables found: {', '.join(ignored)}" if ignored else "")
+            )
         dev = generate_development_app()
         apps[dev.id] = dev
-    return Settings(**values, apps=tuple(apps.values()), generated_app=generated)
+    return Settings(
+        **values,
+        apps=tuple(apps.values()),
+        generated_app=generated,
+        ignored_app_variables=ignored,
+    )
 
 
 def with_apps(settings: Settings, *apps: App) -> Settings:

@@ -36,6 +36,11 @@ def configure(log_format: str = "text", debug: bool = False) -> None:
     logging.getLogger("reverb_py.frames").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 client`, `2 clients`: log lines read as sentences whatever the count."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 class ThrottledLog:
     """Warnings that a client can cause, at most one per `interval` for each key.
 

@@ -18,7 +18,8 @@ import ssl
 import time
 import uuid
 
-from reverb_py.config import Settings
+from reverb_py.config import ConfigError, Settings
+from reverb_py.logs import counted
 from reverb_py.metrics import Metrics, MetricsApplication
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.router import Router
@@ -101,10 +102,10 @@ class Server:
         try:
             context.load_cert_chain(settings.tls_cert, settings.tls_key)
         except OSError as exc:  # ssl.SSLError is one; neither names the files
-            raise OSError(
-                exc.errno,
-                f"TLS certificate {settings.tls_cert} / key {settings.tls_key}: {exc.strerror}",
-            ) from exc
+            raise ConfigError(
+                f"--tls-cert/--tls-key: cannot load certificate {settings.tls_cert} / key "
+                f"{settings.tls_key}: {exc.strerror or exc}"
+            ) from None
         return context
 
     async def start(self) -> None:
@@ -188,9 +189,9 @@ class Server:
         window = self.settings.drain_seconds
         started = time.monotonic()
         logger.info(
-            "draining: readiness is 503, no new connections; telling %d clients to reconnect "
+            "draining: readiness is 503, no new connections; telling %s to reconnect "
             "(4200) over %.1f s",
-            len(sessions),
+            counted(len(sessions), "client"),
             window,
         )
         if sessions:
@@ -205,7 +206,8 @@ class Server:
                 if time.monotonic() >= next_report:
                     next_report += 1.0
                     done = min(start + per_step, len(sessions))
-                    logger.info("drain: %d of %d clients told to reconnect", done, len(sessions))
+                    total = counted(len(sessions), "client")
+                    logger.info("drain: %d of %s told to reconnect", done, total)
         deadline = time.monotonic() + STUCK_CLOSING_SECONDS
         while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -213,10 +215,10 @@ class Server:
         for connection in list(self.connections):
             connection.abort()
         logger.info(
-            "drain finished in %.1f s: %d clients told to reconnect, %d unanswered closes aborted",
+            "drain finished in %.1f s: %s told to reconnect, %s aborted",
             time.monotonic() - started,
-            len(sessions),
-            stuck,
+            counted(len(sessions), "client"),
+            counted(stuck, "unanswered close"),
         )
 
     async def close(self) -> None:

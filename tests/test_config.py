@@ -174,6 +174,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[s
     )
 
 
+def wait_up(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1) as resp:
+                assert resp.read() == b'{"health":"OK"}'
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+
+
 def test_cli_invalid_config_is_one_clear_line() -> None:
     process = run_cli("start", env={"REVERB_SERVER_PORT": "eighty"})
     _, stderr = process.communicate(timeout=20)
@@ -188,21 +200,125 @@ def test_cli_starts_with_no_config_and_prints_dev_credentials() -> None:
     port = free_port()
     process = run_cli("start", "--host", "127.0.0.1", "--port", str(port))
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1) as resp:
-                    assert resp.read() == b'{"health":"OK"}'
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        wait_up(port)
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0
     assert "REVERB_APP_KEY=" in stderr
     assert "REVERB_APP_SECRET=" in stderr
+
+
+def test_misspelt_app_variables_are_named_never_their_values() -> None:
+    settings = load_settings(
+        environ={"REVERB_APP_KYE": "secret-ish-value", "REVERB_APP_ID": "", "PATH": "/bin"}
+    )
+    assert settings.generated_app
+    assert settings.ignored_app_variables == ("REVERB_APP_ID", "REVERB_APP_KYE")
+    assert load_settings(environ={"PATH": "/bin"}).ignored_app_variables == ()
+
+
+def test_require_app_makes_a_missing_app_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"REVERB_REQUIRE_APP: no app configured.*REVERB_APPKEY"):
+        load_settings(environ={"REVERB_REQUIRE_APP": "true", "REVERB_APPKEY": "hidden-value"})
+    configured = load_settings(
+        environ={
+            "REVERB_REQUIRE_APP": "true",
+            "REVERB_APP_ID": "1",
+            "REVERB_APP_KEY": "k",
+            "REVERB_APP_SECRET": "s",
+        }
+    )
+    assert not configured.generated_app
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "message"),
+    [
+        ({"port": 70000}, {}, "--port: must be between 0 and 65535, got 70000"),
+        (
+            {"port": 8080, "metrics_port": 8080},
+            {},
+            "--metrics-port: must differ from the main port 8080",
+        ),
+        ({}, {"REVERB_METRICS_PORT": "8080"}, "REVERB_METRICS_PORT: must differ"),
+        ({}, {"REVERB_DRAIN_SECONDS": "-1"}, "REVERB_DRAIN_SECONDS: must not be negative"),
+    ],
+)
+def test_flag_errors_are_one_clear_line(
+    flags: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(flags=flags, environ=environ)
+    assert str(caught.value).startswith(message)
+
+
+def test_drain_seconds_accept_decimals() -> None:
+    assert load_settings(environ={"REVERB_DRAIN_SECONDS": "2.5"}).drain_seconds == 2.5
+    assert load_settings(flags={"drain_seconds": 0.5}, environ={}).drain_seconds == 0.5
+
+
+def test_env_file_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(environ={}, env_file=str(tmp_path))
+
+
+def test_unknown_redis_key_in_toml_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "reverb.toml"
+    toml.write_text('[redis]\nhost = "cache"\npasword = "typo"\n')
+    with pytest.raises(ConfigError, match=r"\[redis\]: unknown setting\(s\) pasword"):
+        load_settings(environ={}, config_file=str(toml))
+
+
+def test_cli_warns_when_a_misspelt_env_file_starts_a_development_app(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("REVERB_ID=881836\nREVERB_KEY=abc\nREVERB_SECRET=topsecret\n")
+    process = run_cli("start", "--port", "70000", "--env-file", str(env_file))
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 2
+    assert stderr.strip() == (
+        "reverb-py: configuration error: --port: must be between 0 and 65535, got 70000"
+    )
+    port = free_port()
+    process = run_cli(
+        "start", "--host", "127.0.0.1", "--port", str(port), "--env-file", str(env_file)
+    )
+    try:
+        wait_up(port)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    warning = next(line for line in stderr.splitlines() if "No app configured" in line)
+    assert "REVERB_ID, REVERB_KEY, REVERB_SECRET" in warning
+    assert "topsecret" not in stderr
+    process = run_cli("start", "--require-app", "--env-file", str(env_file))
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 2
+    assert stderr.count("\n") == 1 and "--require-app: no app configured" in stderr
+
+
+def test_cli_unreadable_tls_files_exit_2(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    port = str(free_port())
+    process = run_cli("start", "--port", port, "--tls-cert", missing, "--tls-key", missing)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 2
+    last = stderr.splitlines()[-1]
+    assert last.startswith("reverb-py: configuration error: --tls-cert/--tls-key: cannot load")
+    assert "Traceback" not in stderr
+
+
+def test_cli_logs_the_hostname(tmp_path: Path) -> None:
+    port = free_port()
+    process = run_cli(
+        "start", "--host", "127.0.0.1", "--port", str(port), "--hostname", "ws.example.com"
+    )
+    try:
+        wait_up(port)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert "hostname=ws.example.com" in stderr
 
 
 def test_redis_table_in_toml(tmp_path: Path) -> None:
@@ -220,6 +336,6 @@ def test_every_setting_is_documented() -> None:
     documented = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     names = [env for env, _ in config._APP_SETTINGS.values()]
     names += [env for env, _ in config._SERVER_SETTINGS.values()]
-    names += ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB"]
+    names += list(config.REDIS_VARIABLES)
     missing = [name for name in names if f"`{name}`" not in documented]
     assert missing == []

@@ -2,7 +2,7 @@
 
 import logging
 
-from reverb_py.logs import ThrottledLog
+from reverb_py.logs import ThrottledLog, counted
 
 
 def test_repeats_are_held_back_and_counted_on_the_next_line(caplog):
@@ -23,3 +23,10 @@ def test_repeats_are_held_back_and_counted_on_the_next_line(caplog):
         "bad request from d (and 2 more since the last such line)",
         "bad request from e",
     ]
+
+
+def test_counts_read_as_sentences():
+    assert counted(1, "client") == "1 client"
+    assert counted(0, "client") == "0 clients"
+    assert counted(2, "presence member") == "2 presence members"
+    assert counted(3, "replica", "replicas") == "3 replicas"

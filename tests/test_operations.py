@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import resource
 import signal
@@ -188,6 +189,17 @@ async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_4200(
     assert b'"code":4200' in data
     writer.close()
     await drain
+
+
+async def test_drain_log_counts_one_client_in_the_singular(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start_server(drain_seconds=0)
+    await running.connect()
+    with caplog.at_level(logging.INFO, logger="reverb_py"):
+        await running.server.drain()
+    assert "telling 1 client to reconnect" in caplog.text
+    assert "1 client told to reconnect, 0 unanswered closes aborted" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reverb_py.logs import counted
 from reverb_py.scaling.state import (
     Change,
     ClusterState,
@@ -169,9 +170,9 @@ class Cluster:
             before = self._counts_before(node_id, None)
             changes = self.state.forget(node_id)
             logger.warning(
-                "replica %s stopped heartbeating: removed it (%d presence members gone)",
+                "replica %s stopped heartbeating: removed it (%s gone)",
                 node_id,
-                sum(1 for c in changes if not isinstance(c, Online)),
+                counted(sum(1 for c in changes if not isinstance(c, Online)), "presence member"),
             )
             self._deliver(changes)
             self._counts_after(before)

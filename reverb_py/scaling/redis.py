@@ -25,6 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from reverb_py.logs import counted
 from reverb_py.scaling.cluster import Cluster, Op
 
 logger = logging.getLogger("reverb_py.redis")
@@ -121,7 +122,7 @@ class RedisLink:
             stale += 1
         if stale:
             self.dropped += stale
-            logger.warning("dropped %d operations queued while Redis was away", stale)
+            logger.warning("dropped %s queued while Redis was away", counted(stale, "operation"))
 
     # Subscribing -------------------------------------------------------------------------
 
