@@ -44,6 +44,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# No app configured (a misspelt REVERB_APP_* in the .env) is a start-up error, not a random
+# development app that looks healthy while every publish gets 401. `-e REVERB_REQUIRE_APP=false`
+# to try the image without credentials.
+ENV REVERB_REQUIRE_APP=true
+
 # A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify it without a passwd
 # lookup, and so deploy/kubernetes/deployment.yaml can name the same ids.
 RUN groupadd --system --gid 10001 reverb \

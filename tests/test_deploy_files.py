@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,16 +90,39 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config(k8s: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
-    """The server's environment as the Deployment assembles it (ConfigMaps, then plain env)."""
+    """The server's environment as the Deployment assembles it (envFrom ConfigMaps and Secrets
+    in order, then plain env)."""
     container = _container(_server_deployment(k8s))
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(k8s[("ConfigMap", source["configMapRef"]["name"])]["data"])
+        if "secretRef" in source:
+            env.update(_secret_data(k8s[("Secret", source["secretRef"]["name"])]))
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
     return env
+
+
+def _secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    return {**secret.get("data", {}), **secret.get("stringData", {})}
+
+
+def _secret_source(
+    k8s: dict[tuple[str, str], dict[str, Any]], container: dict[str, Any], name: str
+) -> tuple[str, str] | None:
+    """(Secret, key) that sets the variable `name` in the container, if a Secret does."""
+    for item in container.get("env", []):
+        if item["name"] == name:
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref else None
+    found = None
+    for source in container.get("envFrom", []):  # later sources win
+        secret_name = source.get("secretRef", {}).get("name")
+        if secret_name and name in _secret_data(k8s.get(("Secret", secret_name), {})):
+            found = (secret_name, name)
+    return found
 
 
 def _path_prefix(config: dict[str, str]) -> str:
@@ -632,15 +656,9 @@ def test_replicas_are_linked_through_the_bundled_redis(
     ]
     assert len(redis) == 1, "the Redis Service must select exactly the Redis pods"
     # Both sides must use the same password: the server's REDIS_PASSWORD and redis-server's.
-    server_ref = {
-        item["name"]: item.get("valueFrom", {}).get("secretKeyRef")
-        for item in _container(_server_deployment(k8s)).get("env", [])
-    }.get("REDIS_PASSWORD")
+    server_ref = _secret_source(k8s, _container(_server_deployment(k8s)), "REDIS_PASSWORD")
     redis_container = _container(redis[0])
-    redis_ref = {
-        item["name"]: item.get("valueFrom", {}).get("secretKeyRef")
-        for item in redis_container.get("env", [])
-    }.get("REDIS_PASSWORD")
+    redis_ref = _secret_source(k8s, redis_container, "REDIS_PASSWORD")
     assert server_ref is not None and server_ref == redis_ref, (server_ref, redis_ref)
     assert "--requirepass" in redis_container.get("args", []), "Redis must require the password"
 
@@ -821,3 +839,93 @@ def test_nginx_proxies_websocket_upgrades_with_long_timeouts() -> None:
     assert listen, "nginx.conf has no listen port"
     container_ports = {str(port).split(":")[-1] for port in lb["ports"]}
     assert listen.group(1) in container_ports, f"nginx listens on {listen.group(1)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Secret keys the docs tell users to set reach the pods
+
+
+def _documented_secret_keys() -> set[str]:
+    """Names the docs and the Secret tell users to put in the Secret: `--from-literal=NAME=`
+    anywhere, a name on a line that mentions the Secret, and the Secret's own keys (including
+    the commented-out alternatives in secret.yaml)."""
+    name = r"\b(?:REVERB|REDIS)_[A-Z0-9_]*[A-Z0-9]\b(?![_*])"
+    keys: set[str] = set()
+    texts = [path.read_text(encoding="utf-8") for path in (ROOT / "docs").glob("*.md")]
+    texts += [(ROOT / "README.md").read_text(encoding="utf-8")]
+    for text in texts:
+        keys.update(re.findall(rf"--from-literal=({name})=", text))
+        for line in text.splitlines():
+            if "Secret" in line:
+                keys.update(re.findall(name, line))
+    secret_file = (K8S / "secret.yaml").read_text(encoding="utf-8")
+    keys.update(re.findall(rf"^\s*#?\s*({name}):", secret_file, re.M))
+    keys.update(re.findall(rf"--from-literal=({name})=", secret_file))
+    return keys
+
+
+def _kustomize(directory: Path) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """A kustomization as kustomize renders it (kubectl's built-in one, or the kustomize
+    binary); None when neither is installed."""
+    for command in (
+        ["kubectl", "kustomize", str(directory)],
+        ["kustomize", "build", str(directory)],
+    ):
+        try:
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True, timeout=60
+            ).stdout
+        except FileNotFoundError:
+            continue
+        docs = [doc for doc in yaml.safe_load_all(output) if doc is not None]
+        return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    return None
+
+
+def _rendered_k8s() -> dict[tuple[str, str], dict[str, Any]]:
+    """deploy/kubernetes rendered by kustomize, or, where it is not installed, as this file's
+    own loader reads the kustomization."""
+    return _kustomize(K8S) or _k8s_objects()
+
+
+def test_every_secret_key_the_docs_name_reaches_the_server_pods() -> None:
+    documented = _documented_secret_keys()
+    # The names this test must find, or its reading of the docs has gone wrong.
+    assert {"REVERB_APP_ID", "REVERB_APP_KEY", "REVERB_APP_SECRET", "REDIS_URL"} <= documented
+    rendered = _rendered_k8s()
+    secret_names = {name for kind, name in rendered if kind == "Secret"}
+    container = _container(_server_deployment(rendered))
+    from_all_keys = {
+        source["secretRef"]["name"]
+        for source in container.get("envFrom", [])
+        if "secretRef" in source
+    }
+    from_one_key = {
+        (ref["name"], ref["key"])
+        for item in container.get("env", [])
+        if (ref := item.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    unwired = sorted(
+        key
+        for key in documented
+        if not any(s in from_all_keys or (s, key) in from_one_key for s in secret_names)
+    )
+    assert not unwired, f"documented as Secret keys but never reach the server pods: {unwired}"
+
+
+def test_cert_manager_overlay_issues_the_ingress_certificate() -> None:
+    overlay = ROOT / "deploy" / "kubernetes-cert-manager"
+    rendered = _kustomize(overlay)
+    if rendered is None:
+        pytest.skip("neither kubectl nor kustomize is installed")
+    ingress = _one(rendered, "Ingress")
+    issuer_name = ingress["metadata"]["annotations"].get("cert-manager.io/cluster-issuer")
+    issuer = rendered.get(("ClusterIssuer", issuer_name))
+    assert issuer is not None, f"the Ingress names issuer {issuer_name!r}, the overlay has none"
+    assert "namespace" not in issuer["metadata"], "a ClusterIssuer is cluster-scoped"
+    solver = issuer["spec"]["acme"]["solvers"][0]["http01"]["ingress"]
+    assert solver["ingressClassName"] == ingress["spec"]["ingressClassName"]
+    assert all(entry.get("secretName") for entry in ingress["spec"]["tls"])
+    # Everything else is the base, unchanged.
+    base = set(_rendered_k8s())
+    assert base <= set(rendered), sorted(base - set(rendered))
