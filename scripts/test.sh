@@ -14,10 +14,18 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # Without an emoji font the example's screenshots show empty boxes (assertions read text).
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
-command -v cc >/dev/null 2>&1 || missing+=(gcc)  # the benchmark smoke test builds the C load generator
+# The benchmark smoke test builds the C load generator (libc6-dev is only a gcc recommendation).
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# Debian/Ubuntu ship venv's pip bootstrap (ensurepip) in python3-venv; without it
+# `python3 -m venv` below fails.
+if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Only what is listed: recommended packages would pull in ~100 more, daemons included.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 
 # Python: the package itself plus the test extras, in a project-local virtualenv.

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from reverb_py.config import ConfigError, load_settings
+from tests.replicas import free_port, wait_for
 
 LARAVEL_ENV = """
 BROADCAST_CONNECTION=reverb
@@ -155,12 +153,6 @@ def test_secrets_stay_out_of_reprs() -> None:
     assert "super-secret-value" not in repr(settings)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "reverb_py", *args],
@@ -175,15 +167,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[s
 
 
 def wait_up(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1) as resp:
-                assert resp.read() == b'{"health":"OK"}'
-                return
-        except OSError:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    wait_for(f"http://127.0.0.1:{port}/up")
 
 
 def test_cli_invalid_config_is_one_clear_line() -> None:
