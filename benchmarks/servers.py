@@ -25,7 +25,9 @@ from typing import IO
 from benchmarks import system
 
 APP_ID, APP_KEY, APP_SECRET = "app-id", "app-key", "app-secret"
-SOKETI_SCRIPT = Path(os.environ.get("SOKETI_START", "/work/shared/peers/soketi/start.sh"))
+SOKETI_SCRIPT = Path(
+    os.environ.get("SOKETI_START", Path(__file__).resolve().parent / "soketi" / "start.sh")
+)
 SOKETI_WORKDIR = Path(os.environ.get("SOKETI_WORKDIR", "/tmp/soketi-peer"))
 MANAGED = ("reverb-py", "soketi")
 TREES = system.REPO / "benchmarks" / "build" / "trees"
