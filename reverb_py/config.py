@@ -475,8 +475,10 @@ def _read_env_file(path: str) -> dict[str, str]:
 
 
 def _reverb_looking(env: Mapping[str, str]) -> tuple[str, ...]:
-    """Names (never values) of variables that look like Reverb settings."""
-    return tuple(sorted(name for name in env if "REVERB" in name.upper()))
+    """Names (never values) of variables that look like Reverb settings, apart from the one
+    that asks for an app."""
+    require_app = _SERVER_SETTINGS["require_app"][0]
+    return tuple(sorted(n for n in env if "REVERB" in n.upper() and n != require_app))
 
 
 def _redis_table(toml: Mapping[str, Any]) -> dict[str, str]:

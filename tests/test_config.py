@@ -200,6 +200,8 @@ def test_misspelt_app_variables_are_named_never_their_values() -> None:
     assert settings.generated_app
     assert settings.ignored_app_variables == ("REVERB_APP_ID", "REVERB_APP_KYE")
     assert load_settings(environ={"PATH": "/bin"}).ignored_app_variables == ()
+    asked = load_settings(environ={"REVERB_REQUIRE_APP": "false"})
+    assert asked.generated_app and asked.ignored_app_variables == ()
 
 
 def test_require_app_makes_a_missing_app_an_error() -> None:
