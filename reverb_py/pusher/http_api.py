@@ -229,13 +229,13 @@ class HttpApi:
         channel. A client written for Pusher never depends on the 400, so Reverb's way wins.
         """
         info: dict[str, Any] = {}
-        kind = channel_type(channel)
-        presence = kind.kind is ChannelKind.PRESENCE
+        ctype = channel_type(channel)
+        presence = ctype.kind is ChannelKind.PRESENCE
         if "user_count" in attributes and presence:
             info["user_count"] = hub.user_count(channel)
         if "subscription_count" in attributes and not presence:
             info["subscription_count"] = hub.subscription_count(channel)
-        if "cache" in attributes and kind.cached:
+        if "cache" in attributes and ctype.cached:
             info["cache"] = self._cache_info(hub, channel)
         return info
 
