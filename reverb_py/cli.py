@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 import click
 
 from reverb_py import __version__, logs
-from reverb_py.config import ConfigError, Settings, load_settings
+from reverb_py.apps.cli import apps
+from reverb_py.apps.sql import DatabaseError
+from reverb_py.config import ConfigError, Settings, load_settings, mask_url
 from reverb_py.server import Server, raise_fd_limit
 
 logger = logging.getLogger("reverb_py")
@@ -93,6 +95,11 @@ def _configuration_error(exc: ConfigError) -> NoReturn:
     help="Refuse to start without a configured app instead of generating a development one "
     "(REVERB_REQUIRE_APP, default off).",
 )
+@click.option(
+    "--apps-database-url",
+    help="Read apps from this PostgreSQL or MySQL/MariaDB database too "
+    "(REVERB_APPS_DATABASE_URL; see docs/apps-database.md).",
+)
 def start(config_file: str | None, env_file: str | None, **options: Any) -> None:
     """Start the server."""
     settings = _load(options, config_file, env_file)
@@ -127,6 +134,9 @@ def start(config_file: str | None, env_file: str | None, **options: Any) -> None
     except OSError as exc:  # a port in use or not allowed
         click.echo(f"reverb-py: cannot start: {exc.strerror or exc}", err=True)
         sys.exit(1)
+    except DatabaseError as exc:  # the apps database did not answer at start
+        click.echo(f"reverb-py: cannot start: {exc}", err=True)
+        sys.exit(1)
 
 
 async def _serve(settings: Settings, fds: int) -> None:
@@ -158,10 +168,14 @@ def summary(settings: Settings, server: Server, fds: int) -> str:
         where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
         scaling = f"redis({url.scheme}://{where}, channel={settings.scaling_channel})"
     per_ip = settings.max_connections_per_ip_per_second
+    apps_database = "off"
+    if settings.apps_database_url is not None:
+        apps_database = f"{mask_url(settings.apps_database_url)}#{settings.apps_database_table}"
     parts = {
         "path": settings.path or "/",
         "hostname": settings.hostname or "none",
         "apps": ",".join(f"{app.id}(key={app.key})" for app in settings.apps),
+        "apps_database": apps_database,
         "scaling": scaling,
         "metrics": metrics,
         "drain": f"{settings.drain_seconds:g}s",
@@ -171,3 +185,6 @@ def summary(settings: Settings, server: Server, fds: int) -> str:
         "debug": "on" if settings.debug else "off",
     }
     return " ".join(f"{name}={value}" for name, value in parts.items())
+
+
+main.add_command(apps)

@@ -7,6 +7,7 @@ stops start-up with a `ConfigError` whose message names the setting, never a tra
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 import tomllib
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 from dotenv import dotenv_values
@@ -27,6 +28,24 @@ LogFormat = Literal["text", "json"]
 
 class ConfigError(ValueError):
     """An invalid or missing setting; the message names the setting and the problem."""
+
+
+# The app store's database (see reverb_py.apps.sql): PostgreSQL or MySQL/MariaDB.
+DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb")
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password and query (libpq accepts `?password=`) replaced by `***`,
+    for messages: never print a secret."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+        return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
+    except ValueError:  # not parseable: show nothing of it rather than risk a password
+        return "<unparseable URL>"
 
 
 WEBHOOK_KINDS = (
@@ -73,6 +92,7 @@ class App:
     id: str
     key: str
     secret: str
+    enabled: bool = True
     ping_interval: float = 60.0
     activity_timeout: int = 30
     pong_timeout: float = 30.0
@@ -140,6 +160,9 @@ class Settings:
     webhook_retry_for: float = 300.0
     webhook_queue_size: int = 10_000
     require_app: bool = False
+    apps_database_url: str | None = field(default=None, repr=False)  # may hold a password
+    apps_database_table: str = "apps"
+    apps_database_poll_interval: float = 2.0
     apps: tuple[App, ...] = ()
     generated_app: bool = False
     # With a generated app: the Reverb-looking variables that were set anyway (names only),
@@ -251,6 +274,25 @@ def _to_networks(name: str, value: Any) -> tuple[str, ...]:
         raise ConfigError(str(exc)) from None
 
 
+def _to_database_url(name: str, value: Any) -> str:
+    text = _to_str(name, value)
+    if urlsplit(text).scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"{name}: expected a URL starting with {', '.join(DATABASE_SCHEMES)}:// "
+            f"(got {mask_url(text)})"
+        )
+    return text
+
+
+def _to_table_name(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if not _TABLE_NAME.fullmatch(text):
+        raise ConfigError(
+            f"{name}: a table name is letters, digits and underscores (at most 48), got {value!r}"
+        )
+    return text
+
+
 def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
     if isinstance(value, str):
         try:
@@ -298,6 +340,7 @@ def _to_webhooks(name: str, value: Any) -> tuple[Webhook, ...]:
 
 # Per-app settings: TOML key -> (environment variable for the single env-defined app, parser).
 _APP_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "enabled": ("REVERB_APP_ENABLED", _to_bool),
     "ping_interval": ("REVERB_APP_PING_INTERVAL", _to_positive_float),
     "activity_timeout": ("REVERB_APP_ACTIVITY_TIMEOUT", lambda n, v: _to_int(n, v, minimum=1)),
     "pong_timeout": ("REVERB_APP_PONG_TIMEOUT", _to_positive_float),
@@ -366,6 +409,12 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "webhook_retry_for": ("REVERB_WEBHOOK_RETRY_FOR", _to_non_negative_float),
     "webhook_queue_size": ("REVERB_WEBHOOK_QUEUE_SIZE", lambda n, v: _to_int(n, v, 1)),
     "require_app": ("REVERB_REQUIRE_APP", _to_bool),
+    "apps_database_url": ("REVERB_APPS_DATABASE_URL", _to_database_url),
+    "apps_database_table": ("REVERB_APPS_DATABASE_TABLE", _to_table_name),
+    "apps_database_poll_interval": (
+        "REVERB_APPS_DATABASE_POLL_INTERVAL",
+        _to_positive_float,
+    ),
 }
 
 # Laravel's Redis connection variables; the TOML [redis] table takes the same names in lower
@@ -402,8 +451,9 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return f"{scheme}://{credentials}{host}:{port}/{database}"
 
 
-def _app_from_mapping(where: str, raw: Mapping[str, Any]) -> App:
-    """Build one app from a TOML table (snake_case keys, like Reverb's config/reverb.php)."""
+def app_from_mapping(where: str, raw: Mapping[str, Any]) -> App:
+    """Build one app from a TOML table (snake_case keys, like Reverb's config/reverb.php); the
+    database app store builds its rows through here too, so both accept exactly the same."""
     known = {f.name for f in fields(App)}
     unknown = set(raw) - known - {"app_id"}
     if unknown:
@@ -442,14 +492,19 @@ def _app_from_env(env: Mapping[str, str]) -> App | None:
     return App(**values)
 
 
+def random_token(length: int = 20) -> str:
+    """Random [a-z0-9] characters, as Reverb's `reverb:install` makes keys and secrets."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def random_app_id() -> str:
+    return str(100_000 + secrets.randbelow(900_000))
+
+
 def generate_development_app() -> App:
     """Fresh credentials in Reverb's `reverb:install` format: never a fixed default secret."""
-    alphabet = string.ascii_lowercase + string.digits
-    return App(
-        id=str(100_000 + secrets.randbelow(900_000)),
-        key="".join(secrets.choice(alphabet) for _ in range(20)),
-        secret="".join(secrets.choice(alphabet) for _ in range(20)),
-    )
+    return App(id=random_app_id(), key=random_token(), secret=random_token())
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -548,7 +603,7 @@ def load_settings(
     if not isinstance(toml_apps, list):
         raise ConfigError("--config: apps must be an array of tables ([[apps]])")
     for index, raw in enumerate(toml_apps):
-        app = _app_from_mapping(f"[[apps]][{index}]", raw)
+        app = app_from_mapping(f"[[apps]][{index}]", raw)
         apps[app.id] = app
     env_app = _app_from_env(env)
     if env_app is not None:
@@ -558,7 +613,7 @@ def load_settings(
     duplicate = next((key for key in keys if keys.count(key) > 1), None)
     if duplicate is not None:
         raise ConfigError(f"apps: the key {duplicate!r} is used by more than one app")
-    generated = not apps
+    generated = not apps and not values.get("apps_database_url")
     ignored: tuple[str, ...] = ()
     if generated:
         ignored = _reverb_looking(env)

@@ -92,25 +92,32 @@ class AppHub:
     )
 
     def __init__(self, app: App, cluster: Cluster, hooks: AppWebhooks) -> None:
-        self.app = app
         self.cluster = cluster
-        self.hooks = hooks
         self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Session] = {}
+        self.reconfigure(app, hooks)
         self.users: dict[str, dict[Session, None]] = {}
         self.cache: dict[str, CachedEvent] = {}
         # watched user id -> the signed-in sessions watching it
         self.watchers: dict[str, dict[Session, None]] = {}
-        # Whether subscription count changes matter at all; when not, joins and leaves skip
-        # every count computation (the hot path stays as it was).
-        self.tracks_counts = (
-            app.subscription_count or hooks.tracks_occupancy or hooks.wants("subscription_count")
-        )
         # subscription_count throttling: when each large channel was last announced, and
         # the large channels whose change waits for the sweep.
         self.count_sent: dict[str, float] = {}
         self.count_dirty: dict[str, None] = {}
         self.stats = AppStats()
+
+    def reconfigure(self, app: App, hooks: AppWebhooks) -> None:
+        """The app's settings changed (the database app store): every open session follows
+        at once, so a rotated secret or a lowered limit applies to the next message."""
+        self.app = app
+        self.hooks = hooks
+        # Whether subscription count changes matter at all; when not, joins and leaves skip
+        # every count computation (the hot path stays as it was).
+        self.tracks_counts = (
+            app.subscription_count or hooks.tracks_occupancy or hooks.wants("subscription_count")
+        )
+        for session in self.sessions.values():
+            session.app = app
 
     # Sessions ----------------------------------------------------------------------------
 

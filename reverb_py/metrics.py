@@ -49,6 +49,7 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._server()
+        yield from self._app_store()
         yield from self._connections()
         yield from self._channels()
         yield from self._traffic()
@@ -64,6 +65,27 @@ class ServerCollector:
             "1 while the server drains after SIGTERM/SIGINT (readiness is 503).",
             value=1 if self.router.draining else 0,
         )
+
+    def _app_store(self) -> Iterator[Metric]:
+        store = self.router.store
+        yield GaugeMetricFamily(
+            "reverb_app_store_up",
+            "1 while the apps source answers (always 1 without an apps database).",
+            value=1 if store.up else 0,
+        )
+        yield GaugeMetricFamily(
+            "reverb_app_store_stale_seconds",
+            "Seconds since the apps database last answered, while it does not (else 0): "
+            "the apps served may be this much out of date.",
+            value=store.stale_seconds(time.monotonic()),
+        )
+        known = GaugeMetricFamily(
+            "reverb_app_store_apps", "Apps this node serves, by state.", labels=["state"]
+        )
+        enabled = sum(1 for app in store.apps.values() if app.enabled)
+        known.add_metric(["enabled"], enabled)
+        known.add_metric(["disabled"], len(store.apps) - enabled)
+        yield known
 
     def _connections(self) -> Iterator[Metric]:
         current = GaugeMetricFamily(

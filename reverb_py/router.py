@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from reverb_py.apps.store import AppStore
 from reverb_py.config import App, Settings
 from reverb_py.hub import AppHub
 from reverb_py.logs import ThrottledLog
@@ -99,19 +100,33 @@ class PusherEndpoint:
 
 
 _APP_NOT_FOUND = Refusal(ErrorCode.APP_NOT_FOUND, "Application does not exist", "app_not_found")
+_APP_DISABLED = Refusal(ErrorCode.APP_DISABLED, "The app is not enabled.", "app_disabled")
 
 
 class Router:
-    def __init__(self, settings: Settings, cluster: Cluster, webhooks: Webhooks) -> None:
+    """Routes requests to the hub of each app the store knows (one per app, disabled ones
+    included, so that they are refused with 4003 / 403 rather than "unknown")."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cluster: Cluster,
+        webhooks: Webhooks,
+        store: AppStore | None = None,
+    ) -> None:
         self.settings = settings
         self.prefix = settings.path
         self.debug = settings.debug
         self.cluster = cluster
-        self.hubs_by_id: dict[str, AppHub] = {
-            app.id: AppHub(app, cluster, webhooks.apps[app.id]) for app in settings.apps
-        }
+        self.webhooks = webhooks
+        # Changed in place by `apply` only: the cluster and the HTTP API share these maps.
+        self.hubs_by_id: dict[str, AppHub] = {}
+        self.hubs_by_key: dict[str, AppHub] = {}
         cluster.hubs = self.hubs_by_id
-        self.hubs_by_key: dict[str, AppHub] = {hub.app.key: hub for hub in self.hubs_by_id.values()}
+        self.store = store if store is not None else AppStore(settings.apps)
+        for app in self.store.apps.values():
+            self.apply(None, app)
+        self.store.listener = self.apply
         self.api = HttpApi(self.hubs_by_id, self.prefix)
         self.draining = False
         # Upgrades with a key no app has: counted under app_id "" (a client with a stale key).
@@ -124,6 +139,38 @@ class Router:
         # Set by the server when metrics are served on this port: renders the exposition.
         self.metrics: Callable[[], HttpResponse] | None = None
         self._refusal_log = ThrottledLog(logger, REFUSAL_LOG_INTERVAL)
+
+    def apply(self, old: App | None, new: App | None) -> None:
+        """An app was added, changed or removed (by the app store, while serving).
+
+        A disabled app keeps its hub and is refused from then on, its connections closed with
+        4003 as Pusher closes them; a removed one's are closed with 4001. A changed app takes
+        effect at once, for every open connection too (a rotated secret signs the next
+        subscription), so the old secret stops working: there is no grace period."""
+        if new is None:
+            assert old is not None
+            hub = self.hubs_by_id.pop(old.id, None)
+            if hub is not None:
+                if self.hubs_by_key.get(hub.app.key) is hub:
+                    del self.hubs_by_key[hub.app.key]
+                self._close_all(hub, _APP_NOT_FOUND)
+            self.webhooks.remove(old.id)
+            return
+        hub = self.hubs_by_id.get(new.id)
+        if hub is None:
+            hub = self.hubs_by_id[new.id] = AppHub(new, self.cluster, self.webhooks.update(new))
+        else:
+            if self.hubs_by_key.get(hub.app.key) is hub:
+                del self.hubs_by_key[hub.app.key]
+            hub.reconfigure(new, self.webhooks.update(new))
+        self.hubs_by_key[new.key] = hub
+        if not new.enabled:
+            self._close_all(hub, _APP_DISABLED)
+
+    @staticmethod
+    def _close_all(hub: AppHub, refusal: Refusal) -> None:
+        for session in list(hub.sessions.values()):
+            session.close(refusal.code, refusal.message)
 
     def new_socket_id(self) -> str:
         sessions = [hub.sessions for hub in self.hubs_by_id.values()]
@@ -202,6 +249,8 @@ class Router:
                 )
         if hub is None:
             return _APP_NOT_FOUND
+        if not hub.app.enabled:
+            return _APP_DISABLED
         protocol = dict(request.query()).get("protocol")
         if protocol is not None:
             if not protocol.isdigit():

@@ -17,8 +17,10 @@ import signal
 import ssl
 import time
 import uuid
+from collections.abc import Collection
 
-from reverb_py.config import ConfigError, Settings
+from reverb_py.apps.store import app_store
+from reverb_py.config import App, ConfigError, Settings
 from reverb_py.logs import counted
 from reverb_py.metrics import Metrics, MetricsApplication
 from reverb_py.pusher.messages import ErrorCode
@@ -44,11 +46,12 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def sweep_interval(settings: Settings) -> float:
-    shortest = min(
-        (min(app.ping_interval, app.pong_timeout) for app in settings.apps), default=30.0
-    )
-    if settings.webhook_delay and any(app.webhooks for app in settings.apps):
+def sweep_interval(settings: Settings, apps: Collection[App] | None = None) -> float:
+    """From the apps known at start (`apps`, or the configured ones): apps that a database
+    adds later are swept at this pace too."""
+    apps = settings.apps if apps is None else apps
+    shortest = min((min(app.ping_interval, app.pong_timeout) for app in apps), default=30.0)
+    if settings.webhook_delay and any(app.webhooks for app in apps):
         shortest = min(shortest, settings.webhook_delay)  # delayed webhooks leave on time
     return max(0.05, min(1.0, shortest / 4))
 
@@ -64,7 +67,8 @@ class Server:
         self.settings = settings
         self.cluster = Cluster(new_node_id(), settings.scaling_node_timeout)
         self.webhooks = Webhooks(settings)
-        self.router = Router(settings, self.cluster, self.webhooks)
+        self.store = app_store(settings)
+        self.router = Router(settings, self.cluster, self.webhooks, self.store)
         self.link: RedisLink | None = None
         if settings.scaling_enabled:
             self.link = RedisLink(settings.redis.url, settings.scaling_channel, self.cluster)
@@ -111,6 +115,7 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
+        await self.store.start()  # apps first: the first client must find its app
         coalescer = WriteCoalescer(loop)
         limits = ConnectionLimits(
             max_body=settings.max_request_size,
@@ -139,7 +144,9 @@ class Server:
         if self.link is not None:
             await self.link.start()
         self.webhooks.start()
-        self._sweeper = loop.create_task(self._sweep_forever(sweep_interval(settings)))
+        self._sweeper = loop.create_task(
+            self._sweep_forever(sweep_interval(settings, self.store.apps.values()))
+        )
 
     async def _sweep_forever(self, interval: float) -> None:
         while True:
@@ -238,6 +245,7 @@ class Server:
         await self.webhooks.close()
         if self.link is not None:
             await self.link.close()
+        await self.store.close()
         self._stopped.set()
 
     async def run_until_signalled(self) -> None:

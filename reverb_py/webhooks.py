@@ -229,7 +229,10 @@ class AppWebhooks:
 
 
 class Webhooks:
-    """Every app's webhooks and the senders: one task per URL and one shared HTTP client."""
+    """Every app's webhooks and the senders: one task per URL and one shared HTTP client.
+
+    Apps come and go while the server runs (the database app store): `add`, `update` and
+    `remove` keep one sender per URL of the apps known, started at once once `start` ran."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -237,21 +240,56 @@ class Webhooks:
             app.id: AppWebhooks(app, settings) for app in settings.apps
         }
         self._client: httpx.AsyncClient | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Target, asyncio.Task[None]] = {}
+        self._started = False
 
     def targets(self) -> Iterable[Target]:
         return (target for hooks in self.apps.values() for target in hooks.targets)
 
     def start(self) -> None:
-        targets = list(self.targets())
-        if not targets:
+        self._started = True
+        for target in self.targets():
+            self._spawn(target)
+
+    def _spawn(self, target: Target) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.webhook_timeout),
+                follow_redirects=False,
+                headers={"User-Agent": f"reverb-py/{__version__} webhooks"},
+            )
+        self._tasks[target] = asyncio.create_task(self._send_forever(target))
+
+    def add(self, app: App) -> AppWebhooks:
+        hooks = self.apps[app.id] = AppWebhooks(app, self.settings)
+        if self._started:
+            for target in hooks.targets:
+                self._spawn(target)
+        return hooks
+
+    def update(self, app: App) -> AppWebhooks:
+        """The app changed: same URLs keep their queues (a rotated secret signs the next
+        request); changed URLs start afresh and what the old ones still held is dropped."""
+        hooks = self.apps.get(app.id)
+        if hooks is None or hooks.app.webhooks != app.webhooks:
+            self.remove(app.id)
+            return self.add(app)
+        hooks.app = app
+        for target in hooks.targets:
+            target.app = app
+        return hooks
+
+    def remove(self, app_id: str) -> None:
+        hooks = self.apps.pop(app_id, None)
+        if hooks is None:
             return
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.webhook_timeout),
-            follow_redirects=False,
-            headers={"User-Agent": f"reverb-py/{__version__} webhooks"},
-        )
-        self._tasks = [asyncio.create_task(self._send_forever(target)) for target in targets]
+        for target in hooks.targets:
+            task = self._tasks.pop(target, None)
+            if task is not None:
+                task.cancel()
+            if target.queue:
+                target.drop(len(target.queue), "the app's webhooks changed or it was removed")
+                target.queue.clear()
 
     def tick(self, now: float) -> None:
         for hooks in self.apps.values():
@@ -269,9 +307,9 @@ class Webhooks:
             and any(target.queue or target.in_flight for target in self.targets())
         ):
             await asyncio.sleep(0.02)
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._client is not None:

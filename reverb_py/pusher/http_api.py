@@ -88,6 +88,8 @@ class HttpApi:
                 response = error_response(405, "Method not allowed", (("Allow", method),))
             else:
                 self._verify(hub, request)
+                if not hub.app.enabled:  # after the signature: strangers learn nothing
+                    raise ApiError(403, "Application is disabled")
                 response = handler(hub, request, route)
         except ApiError as exc:
             response = error_response(exc.status, exc.message)
