@@ -1,0 +1,154 @@
+"""The app store without a database: what changes when apps are added, changed, disabled or
+removed while the server runs, row validation, and that no message carries a password."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pusher
+import pytest
+import websockets
+
+from reverb_py.apps import sql
+from reverb_py.apps.store import AppStore
+from reverb_py.config import App, ConfigError, Webhook, load_settings, mask_url
+from tests.conftest import APP, PusherSocket, Running
+from tests.webhook_receiver import Receiver
+
+
+def sdk(running: Running, app: App) -> pusher.Pusher:
+    return pusher.Pusher(
+        app_id=app.id,
+        key=app.key,
+        secret=app.secret,
+        host="127.0.0.1",
+        port=running.port,
+        ssl=False,
+    )
+
+
+async def closed_with(client: PusherSocket, code: int) -> None:
+    """The client is told `code` (pusher:error) and the socket is closed with it."""
+    error = await client.expect("pusher:error")
+    assert error["data"]["code"] == code
+    with pytest.raises(websockets.ConnectionClosed):
+        await client.recv()
+    assert client.ws.protocol.close_rcvd.code == code
+
+
+def test_replace_reports_each_change_once() -> None:
+    a, b = App(id="1", key="a", secret="s"), App(id="2", key="b", secret="s")
+    store = AppStore([a, b])
+    seen: list[tuple[Any, Any]] = []
+    store.listener = lambda old, new: seen.append((old, new))
+    rotated, c = replace(a, secret="t"), App(id="3", key="c", secret="s")
+    store.replace([rotated, c])
+    assert sorted(seen, key=str) == sorted([(b, None), (a, rotated), (None, c)], key=str)
+    seen.clear()
+    store.replace([rotated, c])
+    assert seen == []
+
+
+def test_rows_are_validated_like_the_toml_file() -> None:
+    app = sql.app_from_row(("7", "k", "s", 0, '{"max_connections": 5, "allowed_origins": ["x"]}'))
+    assert (app.id, app.enabled, app.max_connections, app.allowed_origins) == (
+        "7",
+        False,
+        5,
+        ("x",),
+    )
+    apps, errors = sql.parse_rows(
+        [
+            ("1", "k1", "s", True, "{}"),
+            ("2", "k2", "s", True, '{"max_connections": "many"}'),
+            ("3", "k3", "s", True, '{"bogus": 1}'),
+            ("4", "k4", "s", True, '{"secret": "x"}'),
+            ("5", "k5", "s", True, "[1]"),
+            ("6", "k6", "s", True, "{not json"),
+        ]
+    )
+    assert [a.id for a in apps] == ["1"]
+    assert "max_connections: expected an integer" in errors["2"]
+    assert "unknown setting(s) bogus" in errors["3"]
+    assert "must not hold secret" in errors["4"]
+    assert "JSON object" in errors["5"] and "not valid JSON" in errors["6"]
+
+
+def test_passwords_never_appear_in_messages() -> None:
+    url = "postgresql://reverb:p%40ssw0rd@db.internal:5432/apps?password=other"
+    assert "p%40ssw0rd" not in mask_url(url) and "other" not in mask_url(url)
+    reason = sql.describe(OSError("auth failed for p@ssw0rd and other"), url)
+    assert "p@ssw0rd" not in reason and "other" not in reason
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"REVERB_APPS_DATABASE_URL": "redis://u:hunter2@h/0"})
+    assert "hunter2" not in str(error.value) and "REVERB_APPS_DATABASE_URL" in str(error.value)
+    settings = load_settings(environ={"REVERB_APPS_DATABASE_URL": "mysql://u:hunter2@h/db"})
+    assert "hunter2" not in repr(settings)
+    assert settings.apps == () and not settings.generated_app  # the database has the apps
+
+
+async def test_disabling_closes_with_4003_and_refuses_api_calls(running: Running) -> None:
+    client = await running.connect()
+    store = running.server.store
+    disabled = replace(APP, enabled=False)
+    store.replace([disabled])
+    await closed_with(client, 4003)
+    refused = await websockets.connect(running.url())
+    assert "4003" in await asyncio.wait_for(refused.recv(), 2)
+    with pytest.raises(pusher.errors.PusherForbidden):
+        await running.call(sdk(running, disabled).trigger, "alerts", "panic", {})
+    store.replace([APP])
+    again = await running.connect()
+    await running.call(sdk(running, APP).trigger, "alerts", "panic", {"unit": 4})
+    await again.subscribe("alerts")
+    await running.call(sdk(running, APP).trigger, "alerts", "panic", {"unit": 4})
+    assert (await again.expect("panic"))["data"] == '{"unit": 4}'
+
+
+async def test_rotated_secret_applies_at_once_to_api_and_open_sessions(running: Running) -> None:
+    client = await running.connect()
+    rotated = replace(APP, secret="fresh-secret")
+    running.server.store.replace([rotated])
+    with pytest.raises(pusher.errors.PusherBadAuth):
+        await running.call(sdk(running, APP).trigger, "alerts", "panic", {})
+    await running.call(sdk(running, rotated).trigger, "alerts", "panic", {})
+    old = sdk(running, APP).authenticate("private-gate", client.socket_id)
+    reply = await client.subscribe("private-gate", auth=old["auth"])
+    assert reply["event"] == "pusher:subscription_error"
+    new = sdk(running, rotated).authenticate("private-gate", client.socket_id)
+    reply = await client.subscribe("private-gate", auth=new["auth"])
+    assert reply["event"] == "pusher_internal:subscription_succeeded"
+
+
+async def test_added_app_is_served_and_removed_app_closes_with_4001(running: Running) -> None:
+    tenant = App(id="77", key="tenant-key", secret="tenant-secret")
+    running.server.store.replace([APP, tenant])
+    client = await running.connect(tenant.key)
+    await client.subscribe("alerts")
+    await running.call(sdk(running, tenant).trigger, "alerts", "panic", {"unit": 9})
+    assert (await client.expect("panic"))["data"] == '{"unit": 9}'
+    running.server.store.replace([APP])
+    await closed_with(client, 4001)
+    with pytest.raises(pusher.errors.PusherError, match="404"):
+        await running.call(sdk(running, tenant).trigger, "alerts", "panic", {})
+    still = await running.connect()  # the other app is untouched
+    await still.close()
+
+
+async def test_webhooks_follow_added_hooks_and_rotated_secrets(start_server: Any) -> None:
+    """Webhooks that appear while serving get a sender at once; after a rotation the same
+    sender signs with the new secret (the receiver validates with the official SDK)."""
+    receiver = Receiver(secret="rotated-secret")
+    try:
+        running = await start_server(webhook_delay=0)
+        hook = Webhook(url=receiver.url, event_types=("channel_occupied",))
+        running.server.store.replace([replace(APP, webhooks=(hook,))])
+        running.server.store.replace([replace(APP, webhooks=(hook,), secret="rotated-secret")])
+        client = await running.connect()
+        await client.subscribe("alerts")
+        events = await receiver.wait_for(1)
+        assert events[0] == {"name": "channel_occupied", "channel": "alerts"}
+    finally:
+        receiver.close()
