@@ -28,6 +28,46 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
+# PostgreSQL and MariaDB for the apps-database tests (tests/test_apps_database.py): CI machines
+# run them (127.0.0.1:5432, trust auth, user postgres; 127.0.0.1:3306, root without a password;
+# database `test` in both). Install what is missing, start what is stopped; never stop them.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_listening() {
+  for _ in $(seq 1 60); do listening "$1" && return 0; sleep 0.5; done
+  echo "nothing listens on 127.0.0.1:$1 after starting $2" >&2
+  return 1
+}
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    postgresql >/dev/null
+  hba="/etc/postgresql/$(ls /etc/postgresql)/main/pg_hba.conf"
+  printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' | as_root tee "$hba" >/dev/null
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main reload 2>/dev/null \
+    || true  # started by the install: read the new rules; stopped: started below
+fi
+if ! listening 5432; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  wait_listening 5432 PostgreSQL
+fi
+psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'test'" \
+  | grep -q 1 || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE test"
+if [ ! -x /usr/sbin/mariadbd ]; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    mariadb-server >/dev/null
+fi
+if ! listening 3306; then
+  as_root install -d -o mysql -g mysql /run/mysqld
+  as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  wait_listening 3306 MariaDB
+fi
+if ! mariadb -h 127.0.0.1 -u root -e "CREATE DATABASE IF NOT EXISTS test" 2>/dev/null; then
+  # A fresh install: root logs in through the socket only; allow it over TCP without a password.
+  as_root mariadb -u root -e "CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '';
+    GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test"
+fi
+
 # Python: the package itself plus the test extras, in a project-local virtualenv.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,194 @@
+"""Apps from the machine's real PostgreSQL and MariaDB: created with the CLI, served, rotated,
+disabled across two replica processes, and kept serving through a real outage (a TCP proxy in
+front of the database is cut; the shared servers are never stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pusher
+import pytest
+import websockets
+from click.testing import CliRunner
+
+from reverb_py.apps.sql import DatabaseError
+from reverb_py.cli import main
+from reverb_py.config import App, Settings
+from reverb_py.server import Server
+from tests.conftest import PusherSocket
+from tests.databases import Database, TcpProxy, port_of, private_table
+from tests.replicas import free_port, start_replica
+from tests.test_metrics import scrape, value
+
+pytestmark = pytest.mark.database
+
+# Documented bound for a change to reach every replica: the poll interval (2 s by default)
+# plus a query; asserted with a wide margin, the machine is loaded.
+CHANGE_BOUND = 15.0
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
+    async with private_table(request.param) as db:
+        await cli(db, "init-db")
+        yield db
+
+
+async def cli(db: Database, *args: str, url: str | None = None) -> str:
+    """Run `reverb-py apps ...` (in a thread: it runs its own event loop); its stdout."""
+    command = ["apps", "--database-url", url or db.url, "--table", db.table, *args]
+    result = await asyncio.to_thread(CliRunner().invoke, main, command)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+async def add_app(db: Database, app_id: str, key: str) -> App:
+    output = await cli(db, "add", "--id", app_id, "--key", key)
+    secret = re.search(r"REVERB_APP_SECRET=(\w+)", output)
+    assert secret is not None, output
+    return App(id=app_id, key=key, secret=secret.group(1))
+
+
+def sdk(port: int, app: App) -> pusher.Pusher:
+    return pusher.Pusher(
+        app_id=app.id, key=app.key, secret=app.secret, host="127.0.0.1", port=port, ssl=False
+    )
+
+
+async def connect(port: int, key: str) -> PusherSocket:
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/app/{key}?protocol=7")
+    established = await asyncio.wait_for(ws.recv(), 5)
+    assert "pusher:connection_established" in established, established
+    socket_id = re.search(r'socket_id\\":\\"([\d.]+)', str(established))
+    assert socket_id is not None
+    return PusherSocket(ws, socket_id.group(1))
+
+
+async def closed_with(client: PusherSocket, code: int, within: float) -> None:
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await client.recv(timeout=within)
+    assert client.ws.protocol.close_rcvd.code == code
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = CHANGE_BOUND) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the bound"
+        await asyncio.sleep(0.05)
+
+
+async def trigger_ok(port: int, app: App) -> bool:
+    try:
+        await asyncio.to_thread(sdk(port, app).trigger, "alerts", "panic", {"unit": 4})
+    except pusher.errors.PusherError:
+        return False
+    return True
+
+
+async def serve(url: str, table: str, **settings: Any) -> Server:
+    server = Server(
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            apps_database_url=url,
+            apps_database_table=table,
+            apps_database_poll_interval=0.2,
+            **settings,
+        )
+    )
+    await server.start()
+    return server
+
+
+async def test_cli_app_is_served_rotated_and_disabled(database: Database) -> None:
+    app = await add_app(database, "501", "tenant-501")
+    server = await serve(database.url, database.table)
+    try:
+        client = await connect(server.port, app.key)
+        await client.subscribe("alerts")
+        assert await trigger_ok(server.port, app)
+        assert (await client.expect("panic"))["data"] == '{"unit": 4}'
+
+        rotated = App(
+            app.id, app.key, re.findall(r"=(\w+)", await cli(database, "rotate-secret", app.id))[0]
+        )
+        await eventually(lambda: trigger_ok(server.port, rotated))
+        assert not await trigger_ok(server.port, app)  # the old secret stopped at once
+
+        listing = await cli(database, "list")
+        assert "501\tkey=tenant-501\tenabled" in listing
+        assert app.secret not in listing and rotated.secret not in listing
+
+        await cli(database, "disable", app.id)
+        await closed_with(client, 4003, CHANGE_BOUND)
+        assert not await trigger_ok(server.port, rotated)
+        await cli(database, "enable", app.id)
+        await eventually(lambda: trigger_ok(server.port, rotated))
+    finally:
+        await server.close()
+
+
+async def test_a_second_replica_closes_a_disabled_apps_connections(database: Database) -> None:
+    app = await add_app(database, "601", "tenant-601")
+    env = {
+        "REVERB_SCALING_ENABLED": "false",
+        "REVERB_APPS_DATABASE_URL": database.url,
+        "REVERB_APPS_DATABASE_TABLE": database.table,
+    }
+    replicas = await asyncio.gather(
+        *(asyncio.to_thread(start_replica, "redis://127.0.0.1:1/0", **env) for _ in range(2))
+    )
+    try:
+        clients = [await connect(replica.port, app.key) for replica in replicas]
+        assert await trigger_ok(replicas[1].port, app)
+        late = await add_app(database, "602", "tenant-602")  # added while both serve
+        await eventually(lambda: trigger_ok(replicas[1].port, late))
+        await cli(database, "disable", app.id)
+        for client in clients:
+            await closed_with(client, 4003, CHANGE_BOUND)
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+async def test_an_outage_keeps_known_apps_served(database: Database) -> None:
+    app = await add_app(database, "701", "tenant-701")
+    proxy = TcpProxy(port_of(database.url))
+    await proxy.start()
+    server = await serve(database.via(proxy.port), database.table, metrics_enabled=True)
+    try:
+        client = await connect(server.port, app.key)
+        await proxy.cut()
+        await eventually(lambda: _metric(server, "reverb_app_store_up", 0.0), within=CHANGE_BOUND)
+        await cli(database, "disable", app.id)  # a change the server cannot see yet
+        newcomer = await connect(server.port, app.key)  # known apps keep working
+        await newcomer.subscribe("alerts")
+        assert await trigger_ok(server.port, app)
+        await newcomer.expect("panic")
+        stale = value(await scrape(server.port), "reverb_app_store_stale_seconds")
+        assert stale > 0
+        await asyncio.sleep(0.3)
+        assert value(await scrape(server.port), "reverb_app_store_stale_seconds") > stale
+
+        await proxy.resume()
+        await closed_with(client, 4003, CHANGE_BOUND)  # caught up once the database answers
+        assert await _metric(server, "reverb_app_store_up", 1.0)
+        assert value(await scrape(server.port), "reverb_app_store_stale_seconds") == 0
+    finally:
+        await server.close()
+        await proxy.cut()
+
+
+async def _metric(server: Server, name: str, expected: float) -> bool:
+    return value(await scrape(server.port), name) == expected
+
+
+async def test_start_fails_clearly_without_the_database(database: Database) -> None:
+    nothing_there = database.via(free_port())
+    server = Server(Settings(host="127.0.0.1", port=0, apps_database_url=nothing_there))
+    with pytest.raises(DatabaseError, match="cannot load apps from"):
+        await server.start()
