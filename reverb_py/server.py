@@ -164,10 +164,12 @@ class Server:
                 self.cluster.heartbeat()
         if self.router.limiter is not None:
             self.router.limiter.sweep(now)
-        for hub in self.router.hubs_by_id.values():
-            for session in list(hub.sessions.values()):
-                session.check_liveness(now)
-            hub.expire_cache(now)
+        for hub in self.router.hubs_by_id.values():  # many tenants: most hubs are idle
+            if hub.sessions:
+                for session in list(hub.sessions.values()):
+                    session.check_liveness(now)
+            if hub.cache:
+                hub.expire_cache(now)
             if hub.count_sent:
                 hub.announce_throttled_counts(now)
         self.webhooks.tick(now)

@@ -34,7 +34,7 @@ class Database:
         """Run one statement (placeholders in the dialect's style) outside the CLI."""
         db = await sql.connect(self.url, self.table, 10.0)
         try:
-            return await db.execute(statement.format(t=self.table), *args)
+            return await db.execute(statement, *args)
         finally:
             await db.close()
 

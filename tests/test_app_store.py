@@ -59,21 +59,17 @@ def test_rows_are_validated_like_the_toml_file() -> None:
         5,
         ("x",),
     )
-    apps, errors = sql.parse_rows(
-        [
-            ("1", "k1", "s", True, "{}"),
-            ("2", "k2", "s", True, '{"max_connections": "many"}'),
-            ("3", "k3", "s", True, '{"bogus": 1}'),
-            ("4", "k4", "s", True, '{"secret": "x"}'),
-            ("5", "k5", "s", True, "[1]"),
-            ("6", "k6", "s", True, "{not json"),
-        ]
-    )
-    assert [a.id for a in apps] == ["1"]
-    assert "max_connections: expected an integer" in errors["2"]
-    assert "unknown setting(s) bogus" in errors["3"]
-    assert "must not hold secret" in errors["4"]
-    assert "JSON object" in errors["5"] and "not valid JSON" in errors["6"]
+    bad_rows = {
+        "max_connections: expected an integer": '{"max_connections": "many"}',
+        "unknown setting(s) bogus": '{"bogus": 1}',
+        "must not hold secret": '{"secret": "x"}',
+        "must be a JSON object": "[1]",
+        "not valid JSON": "{not json",
+    }
+    for message, options in bad_rows.items():
+        with pytest.raises(ConfigError) as error:
+            sql.app_from_row(("2", "k2", "s", True, options))
+        assert message in str(error.value) and "apps row '2'" in str(error.value)
 
 
 def test_passwords_never_appear_in_messages() -> None:

@@ -183,6 +183,36 @@ async def test_an_outage_keeps_known_apps_served(database: Database) -> None:
         await proxy.cut()
 
 
+async def test_a_bad_hand_edit_keeps_the_last_valid_app(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await add_app(database, "801", "tenant-801")
+    server = await serve(database.url, database.table)
+    try:
+        client = await connect(server.port, app.key)
+        bad = """UPDATE {} SET options = '{{"max_connections": "many"}}' WHERE id = '801'"""
+        await database.execute(bad.format(database.table))
+        await eventually(lambda: _logged(caplog, "invalid row for app 801"))
+        assert "still serving its last valid version" in caplog.text
+        await client.subscribe("alerts")
+        assert await trigger_ok(server.port, app)
+        await client.expect("panic")
+        await cli(database, "set", app.id, "max_connections", "1")  # fixed by the CLI
+        await eventually(lambda: _served(server, app.id, max_connections=1))
+        assert caplog.text.count("invalid row for app 801") == 1
+    finally:
+        await server.close()
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
+
+
+async def _served(server: Server, app_id: str, **settings: Any) -> bool:
+    app = server.store.apps.get(app_id)
+    return app is not None and all(getattr(app, k) == v for k, v in settings.items())
+
+
 async def _metric(server: Server, name: str, expected: float) -> bool:
     return value(await scrape(server.port), name) == expected
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -263,15 +263,3 @@ def describe(exc: BaseException, url: str) -> str:
 
 def options_json(options: dict[str, Any]) -> str:
     return orjson.dumps(options, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def parse_rows(rows: Iterable[Row]) -> tuple[list[App], dict[str, str]]:
-    """The valid apps, and for each invalid row its id and why (those rows are skipped)."""
-    apps: list[App] = []
-    errors: dict[str, str] = {}
-    for row in rows:
-        try:
-            apps.append(app_from_row(row))
-        except ConfigError as exc:
-            errors[str(row[0])] = str(exc)
-    return apps, errors

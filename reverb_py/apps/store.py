@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from reverb_py.apps import sql
-from reverb_py.config import App, Settings, mask_url
+from reverb_py.config import App, ConfigError, Settings, mask_url
 
 logger = logging.getLogger("reverb_py.apps")
 
@@ -64,7 +64,7 @@ class AppStore:
                 listener(app, None)
         for app_id, app in new.items():
             before = old.get(app_id)
-            if before != app:
+            if before is not app and before != app:  # unchanged rows keep their App
                 listener(before, app)
 
 
@@ -90,7 +90,7 @@ class DatabaseAppStore(AppStore):
         self._fingerprint: tuple[Any, ...] | None = None
         self._polls = 0
         self._changed = asyncio.Event()
-        self._invalid: dict[str, str] = {}  # rows skipped, and why: each logged once
+        self._parsed: dict[str, tuple[tuple[Any, ...], App | None]] = {}  # None: invalid
         self._clashes: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -169,11 +169,32 @@ class DatabaseAppStore(AppStore):
             raise sql.DatabaseError(sql.describe(exc, self.url)) from None
 
     def _load(self, rows: list[sql.Row]) -> None:
-        apps, invalid = sql.parse_rows(rows)
-        for app_id, reason in invalid.items():
-            if self._invalid.get(app_id) != reason:
-                logger.error("app store: skipping app %s: %s", app_id, reason)
-        self._invalid = invalid
+        """Serve the table's rows. Only rows that differ from the last read are parsed (a
+        full parse costs about 60 us per row: 0.6 s of event loop for 10 000 apps), and an
+        invalid row is logged once per change of that row."""
+        parsed: dict[str, tuple[tuple[Any, ...], App | None]] = {}
+        for raw in rows:
+            row = tuple(raw)
+            app_id = str(row[0])
+            known = self._parsed.get(app_id)
+            if known is not None and known[0] == row:
+                parsed[app_id] = known
+                continue
+            try:
+                parsed[app_id] = (row, sql.app_from_row(row))
+            except ConfigError as exc:
+                # A slip in a hand-edited row must not cut a tenant's clients off: the last
+                # valid version of the app, if any, stays served.
+                last = known[1] if known is not None else None
+                logger.error(
+                    "app store: invalid row for app %s: %s (%s)",
+                    app_id,
+                    exc,
+                    "still serving its last valid version" if last else "skipped",
+                )
+                parsed[app_id] = (row, last)
+        self._parsed = parsed
+        apps = [app for _, app in parsed.values() if app is not None]
         taken_ids = {app.id for app in self.fixed}
         taken_keys = {app.key for app in self.fixed}
         clashes = {app.id for app in apps if app.id in taken_ids or app.key in taken_keys}
