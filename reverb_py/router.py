@@ -127,7 +127,7 @@ class Router:
         for app in self.store.apps.values():
             self.apply(None, app)
         self.store.listener = self.apply
-        self.api = HttpApi(self.hubs_by_id, self.prefix)
+        self.api = HttpApi(self.hubs_by_id, self.hubs_by_key, self.prefix)
         self.draining = False
         # Upgrades with a key no app has: counted under app_id "" (a client with a stale key).
         self.unknown_app_stats = AppStats()
@@ -250,6 +250,9 @@ class Router:
         if hub is None:
             return _APP_NOT_FOUND
         if not hub.app.enabled:
+            self._log_refusal(
+                f"disabled:{hub.app.id}", "app %s is disabled: refusing (4003)", hub.app.id
+            )
             return _APP_DISABLED
         protocol = dict(request.query()).get("protocol")
         if protocol is not None:

@@ -15,6 +15,7 @@ from reverb_py.apps import sql
 from reverb_py.apps.store import AppStore
 from reverb_py.config import App, ConfigError, Webhook, load_settings, mask_url
 from tests.conftest import APP, PusherSocket, Running
+from tests.test_metrics import scrape, value
 from tests.webhook_receiver import Receiver
 
 
@@ -148,3 +149,25 @@ async def test_webhooks_follow_added_hooks_and_rotated_secrets(start_server: Any
         assert events[0] == {"name": "channel_occupied", "channel": "alerts"}
     finally:
         receiver.close()
+
+
+async def test_a_configured_app_can_be_disabled(start_server: Any, tmp_path: Any) -> None:
+    """`enabled = false` in TOML (or REVERB_APP_ENABLED=false) refuses like the database."""
+    config = tmp_path / "apps.toml"
+    config.write_text('[[apps]]\nid = "5"\nkey = "off-key"\nsecret = "s"\nenabled = false\n')
+    (app,) = load_settings(config_file=str(config)).apps
+    assert not app.enabled
+    assert not load_settings(environ={**ENV_APP, "REVERB_APP_ENABLED": "false"}).apps[0].enabled
+    running = await start_server(app, metrics_enabled=True)
+    refused = await websockets.connect(running.url())
+    assert "4003" in await asyncio.wait_for(refused.recv(), 2)
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(refused.recv(), 2)
+    assert refused.protocol.close_rcvd.code == 4003
+    samples = await scrape(running.port)
+    assert value(samples, "reverb_connections_refused_total", app_id="5", reason="app_disabled")
+    assert value(samples, "reverb_app_store_apps", state="disabled") == 1
+    assert value(samples, "reverb_app_store_up") == 1
+
+
+ENV_APP = {"REVERB_APP_ID": "1", "REVERB_APP_KEY": "k", "REVERB_APP_SECRET": "s"}

@@ -48,15 +48,18 @@ class Event(NamedTuple):
 
 
 class HttpApi:
-    """Routes `{prefix}/apps/{id}/...`; `hubs` maps app id to that app's hub."""
+    """Routes `{prefix}/apps/{id}/...`; `hubs` maps app id, `hubs_by_key` app key, to that
+    app's hub (the router's maps, kept current as apps change)."""
 
     def __init__(
         self,
         hubs: dict[str, AppHub],
+        hubs_by_key: dict[str, AppHub],
         prefix: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hubs = hubs
+        self.hubs_by_key = hubs_by_key
         self.prefix = prefix
         self.clock = clock
 
@@ -74,7 +77,7 @@ class HttpApi:
         """`/users/{id}/terminate_connections`, as the official Python SDK (3.3) spells it:
         the app is the one whose key signed the request."""
         key = dict(request.query()).get("auth_key")
-        hub = next((h for h in self.hubs.values() if h.app.key == key), None)
+        hub = self.hubs_by_key.get(key) if key is not None else None
         if hub is None:
             return error_response(401, "Unknown auth_key")
         return self._handle_for(hub, request, path.split("/")[1:])
