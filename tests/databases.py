@@ -105,7 +105,3 @@ class TcpProxy:
 
 def port_of(url: str) -> int:
     return urlsplit(url).port or 0
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:8]

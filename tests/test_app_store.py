@@ -19,14 +19,10 @@ from tests.test_metrics import scrape, value
 from tests.webhook_receiver import Receiver
 
 
-def sdk(running: Running, app: App) -> pusher.Pusher:
+def sdk(port: int, app: App) -> pusher.Pusher:
+    """The official SDK, signing as `app` (whatever the server thinks of it)."""
     return pusher.Pusher(
-        app_id=app.id,
-        key=app.key,
-        secret=app.secret,
-        host="127.0.0.1",
-        port=running.port,
-        ssl=False,
+        app_id=app.id, key=app.key, secret=app.secret, host="127.0.0.1", port=port, ssl=False
     )
 
 
@@ -95,12 +91,12 @@ async def test_disabling_closes_with_4003_and_refuses_api_calls(running: Running
     refused = await websockets.connect(running.url())
     assert "4003" in await asyncio.wait_for(refused.recv(), 2)
     with pytest.raises(pusher.errors.PusherForbidden):
-        await running.call(sdk(running, disabled).trigger, "alerts", "panic", {})
+        await running.call(sdk(running.port, disabled).trigger, "alerts", "panic", {})
     store.replace([APP])
     again = await running.connect()
-    await running.call(sdk(running, APP).trigger, "alerts", "panic", {"unit": 4})
+    await running.call(sdk(running.port, APP).trigger, "alerts", "panic", {"unit": 4})
     await again.subscribe("alerts")
-    await running.call(sdk(running, APP).trigger, "alerts", "panic", {"unit": 4})
+    await running.call(sdk(running.port, APP).trigger, "alerts", "panic", {"unit": 4})
     assert (await again.expect("panic"))["data"] == '{"unit": 4}'
 
 
@@ -109,12 +105,12 @@ async def test_rotated_secret_applies_at_once_to_api_and_open_sessions(running: 
     rotated = replace(APP, secret="fresh-secret")
     running.server.store.replace([rotated])
     with pytest.raises(pusher.errors.PusherBadAuth):
-        await running.call(sdk(running, APP).trigger, "alerts", "panic", {})
-    await running.call(sdk(running, rotated).trigger, "alerts", "panic", {})
-    old = sdk(running, APP).authenticate("private-gate", client.socket_id)
+        await running.call(sdk(running.port, APP).trigger, "alerts", "panic", {})
+    await running.call(sdk(running.port, rotated).trigger, "alerts", "panic", {})
+    old = sdk(running.port, APP).authenticate("private-gate", client.socket_id)
     reply = await client.subscribe("private-gate", auth=old["auth"])
     assert reply["event"] == "pusher:subscription_error"
-    new = sdk(running, rotated).authenticate("private-gate", client.socket_id)
+    new = sdk(running.port, rotated).authenticate("private-gate", client.socket_id)
     reply = await client.subscribe("private-gate", auth=new["auth"])
     assert reply["event"] == "pusher_internal:subscription_succeeded"
 
@@ -124,12 +120,12 @@ async def test_added_app_is_served_and_removed_app_closes_with_4001(running: Run
     running.server.store.replace([APP, tenant])
     client = await running.connect(tenant.key)
     await client.subscribe("alerts")
-    await running.call(sdk(running, tenant).trigger, "alerts", "panic", {"unit": 9})
+    await running.call(sdk(running.port, tenant).trigger, "alerts", "panic", {"unit": 9})
     assert (await client.expect("panic"))["data"] == '{"unit": 9}'
     running.server.store.replace([APP])
     await closed_with(client, 4001)
     with pytest.raises(pusher.errors.PusherError, match="404"):
-        await running.call(sdk(running, tenant).trigger, "alerts", "panic", {})
+        await running.call(sdk(running.port, tenant).trigger, "alerts", "panic", {})
     still = await running.connect()  # the other app is untouched
     await still.close()
 

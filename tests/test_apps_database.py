@@ -21,6 +21,7 @@ from reverb_py.server import Server
 from tests.conftest import PusherSocket
 from tests.databases import Database, TcpProxy, port_of, private_table
 from tests.replicas import free_port, start_replica
+from tests.test_app_store import sdk
 from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.database
@@ -37,12 +38,13 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
         yield db
 
 
-async def cli(db: Database, *args: str, url: str | None = None) -> str:
-    """Run `reverb-py apps ...` (in a thread: it runs its own event loop); its stdout."""
-    command = ["apps", "--database-url", url or db.url, "--table", db.table, *args]
+async def cli(db: Database, *args: str, status: int = 0) -> str:
+    """Run `reverb-py apps ...` (in a thread: it runs its own event loop); its stdout, or
+    its stderr when `status` is not 0."""
+    command = ["apps", "--database-url", db.url, "--table", db.table, *args]
     result = await asyncio.to_thread(CliRunner().invoke, main, command)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
+    assert result.exit_code == status, (result.output, result.exception)
+    return result.stdout if status == 0 else result.stderr
 
 
 async def add_app(db: Database, app_id: str, key: str) -> App:
@@ -50,12 +52,6 @@ async def add_app(db: Database, app_id: str, key: str) -> App:
     secret = re.search(r"REVERB_APP_SECRET=(\w+)", output)
     assert secret is not None, output
     return App(id=app_id, key=key, secret=secret.group(1))
-
-
-def sdk(port: int, app: App) -> pusher.Pusher:
-    return pusher.Pusher(
-        app_id=app.id, key=app.key, secret=app.secret, host="127.0.0.1", port=port, ssl=False
-    )
 
 
 async def connect(port: int, key: str) -> PusherSocket:
@@ -130,6 +126,39 @@ async def test_cli_app_is_served_rotated_and_disabled(database: Database) -> Non
         await eventually(lambda: trigger_ok(server.port, rotated))
     finally:
         await server.close()
+
+
+async def test_cli_refuses_what_the_server_would_not_serve(database: Database) -> None:
+    app = await add_app(database, "551", "tenant-551")
+    assert "already exists" in await cli(database, "add", "--id", "551", status=1)
+    assert "already exists" in await cli(database, "add", "--key", app.key, status=1)
+    error = await cli(database, "set", app.id, "max_connections", "many", status=1)
+    assert "apps row '551'.max_connections: expected an integer, got 'many'" in error
+    assert "unknown setting(s) colour" in await cli(database, "set", "551", "colour", "1", status=1)
+    assert "NAME=VALUE" in await cli(database, "add", "--set", "oops", status=2)
+    assert "no app with id '999'" in await cli(database, "disable", "999", status=1)
+    await cli(database, "set", app.id, "allowed_origins", '["a.example.com"]')
+    await cli(database, "set", app.id, "max_connections", "5")
+    await cli(database, "unset", app.id, "max_connections")
+    assert (await cli(database, "list")).endswith("\toptions=allowed_origins\n")
+    server = await serve(database.url, database.table)
+    try:
+        client = await connect(server.port, app.key)  # no Origin header: allowed by default
+        assert server.store.apps[app.id].allowed_origins == ("a.example.com",)
+        await cli(database, "delete", app.id)
+        await closed_with(client, 4001, CHANGE_BOUND)
+    finally:
+        await server.close()
+
+
+async def test_cli_needs_a_database_url() -> None:
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["apps", "list"], env={"REVERB_APPS_DATABASE_URL": None}
+    )
+    assert result.exit_code == 2 and "REVERB_APPS_DATABASE_URL" in result.stderr
+    command = ["apps", "--database-url", "mysql://root:hunter2@127.0.0.1:9/test", "list"]
+    result = await asyncio.to_thread(CliRunner().invoke, main, command)
+    assert result.exit_code == 1 and "hunter2" not in result.output
 
 
 async def test_a_second_replica_closes_a_disabled_apps_connections(database: Database) -> None:

@@ -145,22 +145,21 @@ def list_apps(ctx: click.Context) -> None:
         click.echo(f"{item.id}\tkey={item.key}\t{state}\toptions={options}")
 
 
-@apps.command("disable")
-@click.argument("app_id")
-@click.pass_context
-def disable(ctx: click.Context, app_id: str) -> None:
-    """Refuse the app's connections (4003) and API calls (403); close the open ones."""
-    _run(ctx, lambda db: admin.set_enabled(db, app_id, False))
-    click.echo(f"app {app_id} disabled")
+def _switch(name: str, enabled: bool, help_text: str) -> None:
+    """`apps disable ID` / `apps enable ID`: the same command but for the value written."""
+
+    @apps.command(name, help=help_text)
+    @click.argument("app_id")
+    @click.pass_context
+    def command(ctx: click.Context, app_id: str) -> None:
+        _run(ctx, lambda db: admin.set_enabled(db, app_id, enabled))
+        click.echo(f"app {app_id} {name}d")
 
 
-@apps.command("enable")
-@click.argument("app_id")
-@click.pass_context
-def enable(ctx: click.Context, app_id: str) -> None:
-    """Serve a disabled app again."""
-    _run(ctx, lambda db: admin.set_enabled(db, app_id, True))
-    click.echo(f"app {app_id} enabled")
+_switch(
+    "disable", False, "Refuse the app's connections (4003) and API calls (403); close open ones."
+)
+_switch("enable", True, "Serve a disabled app again.")
 
 
 @apps.command("rotate-secret")
