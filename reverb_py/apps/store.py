@@ -129,8 +129,9 @@ class DatabaseAppStore(AppStore):
         delay = BACKOFF_FIRST
         while True:
             try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+                if self._connection is not None:  # else reconnect at once, after the back-off
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), self.poll_interval)
                 self._changed.clear()
                 await self._sync(force=self._connection is None)
                 delay = BACKOFF_FIRST
@@ -206,7 +207,7 @@ class DatabaseAppStore(AppStore):
 
     def _succeeded(self) -> None:
         if not self.up:
-            logger.warning(
+            logger.info(
                 "app store: the database answers again after %.1f s; apps are current",
                 self.clock() - self.last_success,
             )
