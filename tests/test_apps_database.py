@@ -5,6 +5,7 @@ front of the database is cut; the shared servers are never stopped)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -85,14 +86,14 @@ async def trigger_ok(port: int, app: App) -> bool:
     return True
 
 
-async def serve(url: str, table: str, **settings: Any) -> Server:
+async def serve(url: str, table: str, poll: float = 0.2, **settings: Any) -> Server:
     server = Server(
         Settings(
             host="127.0.0.1",
             port=0,
             apps_database_url=url,
             apps_database_table=table,
-            apps_database_poll_interval=0.2,
+            apps_database_poll_interval=poll,
             **settings,
         )
     )
@@ -184,7 +185,10 @@ async def test_a_second_replica_closes_a_disabled_apps_connections(database: Dat
             replica.stop()
 
 
-async def test_an_outage_keeps_known_apps_served(database: Database) -> None:
+async def test_an_outage_keeps_known_apps_served(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reverb_py.apps")
     app = await add_app(database, "701", "tenant-701")
     proxy = TcpProxy(port_of(database.url))
     await proxy.start()
@@ -207,9 +211,26 @@ async def test_an_outage_keeps_known_apps_served(database: Database) -> None:
         await closed_with(client, 4003, CHANGE_BOUND)  # caught up once the database answers
         assert await _metric(server, "reverb_app_store_up", 1.0)
         assert value(await scrape(server.port), "reverb_app_store_stale_seconds") == 0
+        # One line per change of state, however many retries failed in between.
+        assert caplog.text.count("app store: cannot read apps") == 1
+        assert caplog.text.count("app store: reading apps again") == 1
     finally:
         await server.close()
         await proxy.cut()
+
+
+async def test_postgresql_notifies_every_change_at_once() -> None:
+    """With a poll interval far beyond the wait, only NOTIFY can deliver the change in time."""
+    async with private_table("postgresql") as database:
+        await cli(database, "init-db")
+        app = await add_app(database, "901", "tenant-901")
+        server = await serve(database.url, database.table, poll=600)
+        try:
+            client = await connect(server.port, app.key)
+            await cli(database, "disable", app.id)
+            await closed_with(client, 4003, within=10)
+        finally:
+            await server.close()
 
 
 async def test_a_bad_hand_edit_keeps_the_last_valid_app(

@@ -208,7 +208,7 @@ class DatabaseAppStore(AppStore):
     def _succeeded(self) -> None:
         if not self.up:
             logger.info(
-                "app store: the database answers again after %.1f s; apps are current",
+                "app store: reading apps again after %.1f s: they are current",
                 self.clock() - self.last_success,
             )
         self.up = True
