@@ -49,9 +49,8 @@ async def add(
     db: sql.Connection, app_id: str, key: str, options: dict[str, Any], enabled: bool = True
 ) -> App:
     app = sql.app_from_row((app_id, key, new_secret(), enabled, options))
-    for existing in await db.fetch(db.queries.select_listing):
-        if existing[0] == app.id or existing[1] == app.key:
-            raise AdminError(f"an app with id {app.id!r} or key {app.key!r} already exists")
+    if await db.fetch(db.queries.select_taken, app.id, app.key):
+        raise AdminError(f"an app with id {app.id!r} or key {app.key!r} already exists")
     await db.execute(
         db.queries.insert, app.id, app.key, app.secret, enabled, sql.options_json(options)
     )

@@ -82,6 +82,7 @@ class Queries:
         self.select_apps = f"SELECT id, {key}, secret, enabled, options FROM {t} ORDER BY id"
         self.select_listing = f"SELECT id, {key}, enabled, options FROM {t} ORDER BY id"
         self.select_options = f"SELECT options FROM {t} WHERE id = {p[0]}"
+        self.select_taken = f"SELECT id FROM {t} WHERE id = {p[0]} OR {key} = {p[1]}"
         self.fingerprint = f"SELECT count(*), max(updated_at) FROM {t}"
         self.insert = (
             f"INSERT INTO {t} (id, {key}, secret, enabled, options) "
