@@ -144,6 +144,8 @@ class Settings:
     scaling_enabled: bool = False
     scaling_channel: str = "reverb"
     scaling_node_timeout: float = 10.0
+    scaling_stream_length: int = 10_000
+    scaling_backlog_seconds: float = 60.0
     redis: RedisSettings = field(default_factory=RedisSettings)
     drain_seconds: float = 10.0
     metrics_enabled: bool = False
@@ -391,6 +393,8 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "scaling_enabled": ("REVERB_SCALING_ENABLED", _to_bool),
     "scaling_channel": ("REVERB_SCALING_CHANNEL", _to_str),
     "scaling_node_timeout": ("REVERB_SCALING_NODE_TIMEOUT", _to_positive_float),
+    "scaling_stream_length": ("REVERB_SCALING_STREAM_LENGTH", lambda n, v: _to_int(n, v, 100)),
+    "scaling_backlog_seconds": ("REVERB_SCALING_BACKLOG_SECONDS", _to_positive_float),
     "drain_seconds": ("REVERB_DRAIN_SECONDS", _to_non_negative_float),
     "metrics_enabled": ("REVERB_METRICS_ENABLED", _to_bool),
     "metrics_port": ("REVERB_METRICS_PORT", lambda n, v: _to_int(n, v, 1, 65535)),

@@ -190,27 +190,57 @@ class ServerCollector:
         yield from (rejected, api)
 
     def _redis(self, link: RedisLink) -> Iterator[Metric]:
+        now = time.monotonic()
         queued, oldest = link.backlog()
         yield GaugeMetricFamily(
             "reverb_redis_connected",
-            "1 while the Redis link to the other replicas is up (readiness needs it).",
+            "1 while the Redis link to the other replicas is up (0: degraded, still serving).",
             value=1 if link.connected else 0,
         )
         yield GaugeMetricFamily(
+            "reverb_redis_down_seconds",
+            "Seconds since the Redis link was lost (0 while it is up).",
+            value=link.down_seconds(now),
+        )
+        yield GaugeMetricFamily(
             "reverb_redis_backlog_operations",
-            "Operations waiting to be published to the other replicas.",
+            "Operations waiting to be appended to the stream for the other replicas.",
             value=queued,
         )
         yield GaugeMetricFamily(
             "reverb_redis_backlog_age_seconds",
-            "Age of the oldest unpublished operation: how far the other replicas lag behind.",
-            value=0.0 if oldest is None else max(0.0, time.monotonic() - oldest),
+            "Age of the oldest unappended operation: how far the other replicas lag behind.",
+            value=0.0 if oldest is None else max(0.0, now - oldest),
         )
         yield CounterMetricFamily(
             "reverb_redis_dropped_operations",
-            "Operations dropped because Redis was away longer than the backlog allows.",
+            "Operations of this replica never appended: queued longer than the backlog allows.",
             value=link.dropped,
         )
+        yield CounterMetricFamily(
+            "reverb_redis_lost_operations",
+            "Operations of other replicas never read here (trimmed from the stream or lost by "
+            "Redis before this replica read them).",
+            value=link.lost,
+        )
+        yield CounterMetricFamily(
+            "reverb_redis_duplicate_operations",
+            "Operations read more than once and applied once (a retried write, a re-read).",
+            value=link.duplicates,
+        )
+        yield CounterMetricFamily(
+            "reverb_redis_write_errors",
+            "Failed appends to the stream (each retried with back-off).",
+            value=link.write_errors,
+        )
+        restarts = CounterMetricFamily(
+            "reverb_redis_link_restarts",
+            "Restarts of the supervised tasks that talk to Redis, by task.",
+            labels=["task"],
+        )
+        for task in ("reader", "writer"):
+            restarts.add_metric([task], link.restarts[task])
+        yield restarts
         yield GaugeMetricFamily(
             "reverb_cluster_replicas",
             "Other replicas this node currently hears from through Redis.",

@@ -28,7 +28,7 @@ from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_netwo
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, WebSocketHandler
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
 from reverb_py.webhooks import Webhooks
 
 logger = logging.getLogger("reverb_py.router")
@@ -36,8 +36,7 @@ logger = logging.getLogger("reverb_py.router")
 SUPPORTED_PROTOCOLS = range(5, 8)
 _UP = HttpResponse(200, b'{"health":"OK"}', static=True)
 _READY = HttpResponse(200, b'{"ready":true}', static=True)
-_DRAINING = error_response(503, "Draining: connect to another replica")
-_REDIS_DOWN = error_response(503, "The Redis link to the other replicas is down")
+_DRAINING = error_response(503, "Draining: connect to another replica", (("Retry-After", "1"),))
 # A refusal that repeats (a full app, clients in a reconnect loop) is logged at most this often
 # per reason and app: one line tells the operator, a thousand would bury everything else.
 REFUSAL_LOG_INTERVAL = 10.0
@@ -198,9 +197,7 @@ class Router:
                 return error_response(405, "Method not allowed", (("Allow", "GET"),))
             if path == "/up":
                 return _UP
-            if self.draining:
-                return _DRAINING
-            return _READY if self.cluster.ready else _REDIS_DOWN
+            return self._readiness()
         if path.startswith("/app/"):
             return error_response(426, "This endpoint needs a WebSocket upgrade")
         if path == "/metrics" and self.metrics is not None:
@@ -208,6 +205,16 @@ class Router:
                 return error_response(405, "Method not allowed", (("Allow", "GET"),))
             return self.metrics()
         return error_response(404, "Not found")
+
+    def _readiness(self) -> HttpResponse:
+        """Ready means "can serve": only a drain fails it. A replica whose link to the others
+        is down still serves its clients and the HTTP API, so it says so in the body instead."""
+        if self.draining:
+            return _DRAINING
+        status = self.cluster.status(time.monotonic())
+        if not status:
+            return _READY
+        return json_response(200, {"ready": True, **status})
 
     def _strip_prefix(self, path: str) -> str | None:
         if not self.prefix:
@@ -224,13 +231,16 @@ class Router:
             return error_response(404, "Not found")
         key = path[len("/app/") :]
         hub = self.hubs_by_key.get(key)
+        if self.draining:
+            # Refused before the upgrade, so the balancer or the client tries another replica;
+            # the HTTP API on this replica keeps working until the drain ends.
+            (hub.stats if hub is not None else self.unknown_app_stats).connection_refused(
+                "draining"
+            )
+            return _DRAINING
         return PusherEndpoint(self, hub, self._refusal(request, hub))
 
     def _refusal(self, request: HttpRequest, hub: AppHub | None) -> Refusal | None:
-        if self.draining:
-            return Refusal(
-                ErrorCode.RECONNECT, "Server is closing. Please reconnect shortly.", "draining"
-            )
         if self.limiter is not None:
             ip = self.client_ip(request)
             opened = self.limiter.hit(ip, time.monotonic())

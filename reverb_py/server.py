@@ -17,7 +17,8 @@ import signal
 import ssl
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
+from typing import Any
 
 from reverb_py.apps.store import app_store
 from reverb_py.config import App, ConfigError, Settings
@@ -71,7 +72,13 @@ class Server:
         self.router = Router(settings, self.cluster, self.webhooks, self.store)
         self.link: RedisLink | None = None
         if settings.scaling_enabled:
-            self.link = RedisLink(settings.redis.url, settings.scaling_channel, self.cluster)
+            self.link = RedisLink(
+                settings.redis.url,
+                settings.scaling_channel,
+                self.cluster,
+                backlog_seconds=settings.scaling_backlog_seconds,
+                stream_length=settings.scaling_stream_length,
+            )
             self.cluster.link = self.link
         self._next_heartbeat = 0.0
         self.metrics: Metrics | None = None
@@ -187,19 +194,19 @@ class Server:
                         connection.abort()
 
     async def drain(self) -> None:
-        """Fail readiness, stop accepting, then close every client with 4200 spread over the
-        drain window, so that reconnects land on other replicas without a stampede."""
+        """Fail readiness and refuse new WebSocket upgrades, then close every client with 4200
+        spread over the drain window, so that reconnects land on other replicas without a
+        stampede. The listener stays open: a trigger that reaches this replica while balancers
+        catch up is still delivered, here and through the cluster."""
         router = self.router
         router.draining = True
-        if self._listener is not None:
-            self._listener.close()
         sessions = [s for hub in router.hubs_by_id.values() for s in hub.sessions.values()]
         random.shuffle(sessions)
         window = self.settings.drain_seconds
         started = time.monotonic()
         logger.info(
-            "draining: readiness is 503, no new connections; telling %s to reconnect "
-            "(4200) over %.1f s",
+            "draining: readiness is 503 and new WebSockets are refused, the HTTP API is still "
+            "served; telling %s to reconnect (4200) over %.1f s",
             counted(len(sessions), "client"),
             window,
         )
@@ -231,6 +238,24 @@ class Server:
         )
 
     async def close(self) -> None:
+        """Stop everything, each step even if an earlier one failed: the others must hear our
+        goodbye and the webhooks must be flushed whatever went wrong before."""
+        steps = (
+            self._close_connections,
+            # After the last sessions left (their vacated/removed webhooks are decided) and
+            # before the goodbye (after which another replica is the leader).
+            self.webhooks.close,
+            self._close_link,
+            self.store.close,
+        )
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                logger.exception("stopping: %s failed; going on", step.__name__)
+        self._stopped.set()
+
+    async def _close_connections(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -242,28 +267,50 @@ class Server:
             connection.abort()
         for listener in listeners:
             await listener.wait_closed()
-        # After the last sessions left (their vacated/removed webhooks are decided) and before
-        # the goodbye (after which another replica is the leader).
-        await self.webhooks.close()
+
+    async def _close_link(self) -> None:
         if self.link is not None:
             await self.link.close()
-        await self.store.close()
-        self._stopped.set()
 
     async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM/SIGINT, then drain and stop."""
+        """Serve until SIGTERM/SIGINT, then drain and stop. A second signal during the drain
+        stops at once (what is left of the drain is skipped; the goodbye to the other replicas
+        and the webhook flush still happen, bounded)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        first, second = asyncio.Event(), asyncio.Event()
         received: list[str] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, stop, received, signum.name)
-        await stop.wait()
-        logger.info("%s received: shutting down", received[0])
-        await self.drain()
-        await self.close()
-        logger.info("stopped")
+            loop.add_signal_handler(signum, _on_signal, (first, second), received, signum.name)
+        await first.wait()
+        logger.info("%s received: shutting down (a second signal stops at once)", received[0])
+        try:
+            await _unless(self.drain(), second)
+        except Exception:
+            logger.exception("the drain failed: stopping anyway")
+            raise
+        finally:
+            if second.is_set():
+                logger.warning("%s received again: stopped draining", received[-1])
+            await self.close()
+            logger.info("stopped")
 
 
-def _on_signal(stop: asyncio.Event, received: list[str], name: str) -> None:
+async def _unless(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run `work` until it ends (its exception propagates) or `stop` is set (it is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return
+    task.result()
+
+
+def _on_signal(events: tuple[asyncio.Event, asyncio.Event], received: list[str], name: str) -> None:
+    """The first signal starts the shutdown, the second cuts the drain short."""
     received.append(name)
-    stop.set()
+    first, second = events
+    (second if first.is_set() else first).set()

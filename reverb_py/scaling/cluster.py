@@ -58,6 +58,8 @@ class Link(Protocol):
 
     def send(self, op: Op) -> None: ...
 
+    def status(self, now: float) -> dict[str, Any]: ...
+
 
 class Cluster:
     def __init__(self, node_id: str, node_timeout: float = 10.0) -> None:
@@ -85,9 +87,15 @@ class Cluster:
         return not nodes or self.node_id < min(nodes)
 
     @property
-    def ready(self) -> bool:
-        """False while a configured link to the other replicas is down."""
-        return self.link is None or self.link.connected
+    def size(self) -> int:
+        """Replicas this node knows of, itself included."""
+        return len(self.state.nodes) + 1
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The link to the other replicas, for the /ready body (empty on a single node): a
+        replica whose link is down is degraded, not unready, since it still serves its own
+        clients and the HTTP API."""
+        return {} if self.link is None else {"cluster": self.link.status(now)}
 
     def _send(self, op: Op) -> None:
         link = self.link
@@ -170,9 +178,10 @@ class Cluster:
             before = self._counts_before(node_id, None)
             changes = self.state.forget(node_id)
             logger.warning(
-                "replica %s stopped heartbeating: removed it (%s gone)",
+                "replica %s stopped heartbeating: removed it (%s gone); cluster of %s",
                 node_id,
                 counted(sum(1 for c in changes if not isinstance(c, Online)), "presence member"),
+                counted(self.size, "replica"),
             )
             self._deliver(changes)
             self._counts_after(before)
@@ -183,7 +192,10 @@ class Cluster:
         if sender == self.node_id:
             return
         now = time.monotonic() if now is None else now
+        joined = sender not in self.state.nodes
         self.state.seen(sender, now)
+        if joined:
+            logger.info("replica %s joined the cluster: %s", sender, counted(self.size, "replica"))
         for op in ops:
             try:
                 self._apply(sender, op, now)
@@ -240,10 +252,10 @@ class Cluster:
             if reply:
                 self.announce(reply=False)
         elif kind == "bye":
-            logger.info("replica %s left the cluster", sender)
             before = self._counts_before(sender, None)
             self._deliver(state.forget(sender))
             self._counts_after(before)
+            logger.info("replica %s left the cluster: %s", sender, counted(self.size, "replica"))
 
     def _deliver(self, changes: list[Change]) -> None:
         for change in changes:
