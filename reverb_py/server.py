@@ -292,6 +292,8 @@ class Server:
             if second.is_set():
                 logger.warning("%s received again: stopped draining", received[-1])
             await self.close()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
             logger.info("stopped")
 
 

@@ -129,6 +129,15 @@ async def test_sigterm_drains_every_client_with_4200_and_exits_0() -> None:
         assert (await http_get(reader, writer, "/up"))[0] == 200  # alive, just not ready
         # Readiness failed before the drain was over: some clients were still connected.
         assert sum(1 for client in clients if client.ws.protocol.close_rcvd is None) >= 2
+        # New WebSockets are refused before the upgrade; the HTTP API is still served.
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"ws://127.0.0.1:{server.port}/app/{APP.key}")
+        assert refused.value.response.status_code == 503
+        assert json.loads(refused.value.response.body)["code"] == 503
+        backend = pusher.Pusher(
+            app_id=APP.id, key=APP.key, secret=SECRET, host="127.0.0.1", port=server.port, ssl=False
+        )
+        assert await asyncio.to_thread(backend.trigger, "alerts", "late", {}) == {}
 
         async def told_to_reconnect(client: PusherSocket) -> float:
             error = await client.expect("pusher:error", timeout=drain + 2)
@@ -138,8 +147,6 @@ async def test_sigterm_drains_every_client_with_4200_and_exits_0() -> None:
             return received
 
         closed_at = await asyncio.gather(*(told_to_reconnect(client) for client in clients))
-        with pytest.raises(OSError):  # no longer accepting
-            await websockets.connect(f"ws://127.0.0.1:{server.port}/app/{APP.key}")
 
         code = await asyncio.to_thread(server.process.wait, drain + 5)
         exited = time.monotonic() - signalled
@@ -168,11 +175,57 @@ async def test_sigint_also_drains_and_exits_0() -> None:
         server.stop()
 
 
-async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_4200(
+async def test_a_second_signal_cuts_the_drain_short() -> None:
+    server = Process("--drain-seconds", "60")
+    try:
+        for _ in range(20):
+            await server.connect()
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)  # well into a drain that would take a minute
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(server.process.wait, 15) == 0
+        assert time.monotonic() - signalled < 5
+        logs = server.logs()
+        assert "SIGINT received again: stopped draining" in logs, logs
+        assert "stopped" in logs
+    finally:
+        server.stop()
+
+
+async def test_a_failing_drain_still_closes_everything(
+    start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the drain (a fault no client can cause, hence the monkeypatch) must not leave
+    the listener open, the webhooks unflushed or the other replicas without a goodbye."""
+    running = await start_server()
+    server, port = running.server, running.port
+    closed: list[str] = []
+
+    async def broken_drain() -> None:
+        raise RuntimeError("drain bug")
+
+    async def webhooks_close() -> None:
+        closed.append("webhooks")
+
+    monkeypatch.setattr(server, "drain", broken_drain)
+    monkeypatch.setattr(server.webhooks, "close", webhooks_close)
+    serving = asyncio.create_task(server.run_until_signalled())
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="drain bug"):
+        await asyncio.wait_for(serving, 10)
+    assert closed == ["webhooks"]
+    assert server._stopped.is_set()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_503(
     start_server: ServerFactory,
 ) -> None:
-    """The listener is closed, but an HTTP connection opened earlier can still ask to upgrade:
-    it must be told to go elsewhere, not be served."""
+    """An HTTP connection opened before the drain can still ask to upgrade: it must be told to
+    go elsewhere, not be served."""
     running = await start_server(drain_seconds=1)
     holder = await running.connect()
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
@@ -185,8 +238,9 @@ async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_4200(
     )
     await writer.drain()
     data = await asyncio.wait_for(reader.read(4096), 3)
-    assert b"101 Switching Protocols" in data
-    assert b'"code":4200' in data
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    assert b"Retry-After: 1" in data
+    assert data.endswith(b'{"error":"Draining: connect to another replica","code":503}')
     writer.close()
     await drain
 
