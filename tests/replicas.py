@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,11 +135,21 @@ class Replica:
         return PusherSocket(ws, json.loads(established["data"])["socket_id"])
 
     def ready(self) -> bool:
+        return self.readiness()[0] == 200
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The /ready status and JSON body (0 and {} when the replica does not answer)."""
         try:
             with urllib.request.urlopen(f"{self.base}/ready", timeout=1) as response:
-                return response.status == 200
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
         except OSError:
-            return False
+            return 0, {}
+
+    def link(self) -> str:
+        """ "up" or "down": the replica's Redis link as its /ready body tells it."""
+        return self.readiness()[1].get("cluster", {}).get("link", "")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
@@ -150,7 +161,7 @@ class Replica:
             return self.process.wait(10)
 
 
-def start_replica(redis_url: str, ready: bool = True, **env: str) -> Replica:
+def start_replica(redis_url: str, **env: str) -> Replica:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("REVERB_", "REDIS_"))},
@@ -173,13 +184,8 @@ def start_replica(redis_url: str, ready: bool = True, **env: str) -> Replica:
     )
     replica = Replica(port, process, environment, log)
     try:
-        wait_for(f"{replica.base}/{'ready' if ready else 'up'}")
+        wait_for(f"{replica.base}/ready")  # ready even while its Redis is unreachable
     except TimeoutError:
         replica.stop(signal.SIGKILL)
         raise
     return replica
-
-
-def start_replica_unready(redis_url: str) -> Replica:
-    """A replica that is up but need not be ready (its Redis may be unreachable)."""
-    return start_replica(redis_url, ready=False)

@@ -211,7 +211,8 @@ async def test_each_server_has_its_own_registry(start_server: ServerFactory) -> 
 
 
 async def test_redis_link_down_shows_in_metrics_and_readiness() -> None:
-    """Nothing listens on port 1: the link stays down, which metrics and /ready both say."""
+    """Nothing listens on port 1: the link stays down, which metrics and the /ready body both
+    say; the replica is degraded, not unready (it still serves its own clients)."""
     settings = Settings(
         host="127.0.0.1",
         port=0,
@@ -228,8 +229,14 @@ async def test_redis_link_down_shows_in_metrics_and_readiness() -> None:
         assert value(samples, "reverb_redis_connected") == 0
         assert value(samples, "reverb_redis_backlog_operations") >= 1
         assert value(samples, "reverb_redis_backlog_age_seconds") >= 0
-        status, _, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/ready")
-        assert status == 503
+        assert value(samples, "reverb_redis_down_seconds") >= 0
+        assert value(samples, "reverb_redis_link_restarts_total", task="reader") == 0
+        status, _, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/ready")
+        assert status == 200
+        ready = json.loads(body)
+        assert ready["ready"] is True
+        assert ready["cluster"]["link"] == "down"
+        assert ready["cluster"]["queued"] >= 1
     finally:
         await server.close()
 
@@ -264,6 +271,11 @@ async def test_redis_link_up_shows_in_metrics(redis_server: RedisServer) -> None
         samples = await scrape(server.port)
         assert value(samples, "reverb_redis_connected") == 1
         assert value(samples, "reverb_redis_dropped_operations_total") == 0
+        assert value(samples, "reverb_redis_lost_operations_total") == 0
+        assert value(samples, "reverb_redis_down_seconds") == 0
         assert value(samples, "reverb_cluster_replicas") == 0
+        status, _, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/ready")
+        assert status == 200
+        assert json.loads(body)["cluster"]["link"] == "up"
     finally:
         await server.close()

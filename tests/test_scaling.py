@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PusherSocket
-from tests.replicas import RedisServer, Replica, free_port, start_replica, start_replica_unready
+from tests.replicas import RedisServer, Replica, free_port, start_replica
 
 pytestmark = pytest.mark.redis
 
@@ -263,7 +263,8 @@ async def test_redis_restart_mid_traffic(replicas: Any, redis_server: RedisServe
     await asyncio.sleep(0.1)
 
     redis_server.stop()
-    await eventually(lambda: not a.ready() and not b.ready())
+    await eventually(lambda: a.link() == "down" and b.link() == "down")
+    assert a.ready() and b.ready()  # degraded, still serving
     # Local delivery continues on each replica while Redis is away.
     await a.call(a.sdk().trigger, "alerts", "during", "a")
     assert (await on_a.expect("during"))["data"] == "a"
@@ -273,8 +274,8 @@ async def test_redis_restart_mid_traffic(replicas: Any, redis_server: RedisServe
     await join(b, on_b, "presence-room", "bob")
 
     redis_server.start()
-    await eventually(lambda: a.ready() and b.ready(), timeout=15)
-    # What each replica published during the outage is still fresh (backlog window 15 s):
+    await eventually(lambda: a.link() == "up" and b.link() == "up", timeout=15)
+    # What each replica published during the outage is still fresh (backlog window 60 s):
     # it reaches the other replica's clients late rather than never, in order.
     assert (await on_a.expect("during", timeout=5))["data"] == "b"
     assert (await on_b.expect("during", timeout=5))["data"] == "a"
@@ -295,13 +296,15 @@ async def test_redis_restart_mid_traffic(replicas: Any, redis_server: RedisServe
         assert (await client.expect("after"))["data"] == "x"
     for replica in (a, b):
         assert replica.process.poll() is None, replica.logs()
-    assert "lost Redis" in a.logs()
+    assert "Redis link down" in a.logs()
 
 
 async def test_unreachable_redis_at_start_is_logged(redis_server: RedisServer) -> None:
-    replica = await asyncio.to_thread(start_replica_unready, f"redis://127.0.0.1:{free_port()}/0")
+    replica = await asyncio.to_thread(start_replica, f"redis://127.0.0.1:{free_port()}/0")
     try:
         await eventually(lambda: "cannot reach Redis" in replica.logs())
-        assert not replica.ready()
+        status, body = replica.readiness()
+        assert status == 200
+        assert body["cluster"]["link"] == "down"
     finally:
         replica.stop(signal.SIGKILL)
