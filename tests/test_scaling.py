@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -36,7 +37,7 @@ StartReplicas = Callable[..., "asyncio.Future[list[Replica]]"]
 @pytest.fixture
 async def replicas(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
     started: list[Replica] = []
-    channel = f"test-{id(started)}"  # isolate tests sharing the module's Redis
+    channel = f"test-{time.time_ns()}"  # isolate tests sharing the module's Redis
 
     async def start(count: int, **env: str) -> list[Replica]:
         new = await asyncio.gather(

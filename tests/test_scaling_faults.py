@@ -1,0 +1,192 @@
+"""The cluster under faults: a Redis outage with replicas coming back in any order, a link task
+that dies, a replica drained while a backend triggers to it. Every accepted alert must reach
+every subscriber exactly once.
+
+Replicas are real processes; a replica "comes back later" by being paused (SIGSTOP) while Redis
+returns and resumed (SIGCONT) after the others have caught up, which is the order that lost
+alerts with pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from reverb_py.config import RedisSettings
+from tests import test_scaling
+from tests.conftest import PusherSocket, ServerFactory
+from tests.replicas import RedisServer, Replica
+from tests.test_scaling import eventually
+
+pytestmark = pytest.mark.redis
+
+# The same private redis-server and replica starter as the core scaling tests.
+redis_server = test_scaling.redis_server
+replicas = test_scaling.replicas
+
+
+async def subscribed(replica: Replica, channel: str = "alerts") -> PusherSocket:
+    client = await replica.connect()
+    await client.subscribe(channel)
+    return client
+
+
+async def received_once(client: PusherSocket, event: str, data: Any) -> None:
+    """The alert arrives, and no second copy follows."""
+    message = await client.expect(event, timeout=15)
+    assert json.loads(message["data"]) == data
+    await client.nothing(1.0)
+
+
+@pytest.mark.parametrize("comes_back_last", ["nobody", "sender", "receiver"])
+async def test_an_alert_accepted_during_a_redis_outage_reaches_everyone_once(
+    replicas: Any, redis_server: RedisServer, comes_back_last: str
+) -> None:
+    a, b, c = await replicas(3)
+    subscribers = [await subscribed(r) for r in (a, b, c)]
+    await asyncio.sleep(0.2)
+
+    redis_server.stop()
+    await eventually(lambda: all(r.link() == "down" for r in (a, b, c)))
+    # Degraded, still serving: ready, new WebSockets accepted, triggers delivered locally.
+    for replica in (a, b, c):
+        status, body = await asyncio.to_thread(replica.readiness)
+        assert status == 200 and body["ready"] is True, body
+        assert body["cluster"]["link"] == "down"
+        subscribers.append(await subscribed(replica))
+    alert = {"alarm": "panic", "house": 12}
+    assert await a.call(a.sdk().trigger, "alerts", "panic-alert", alert) == {}
+    for client in (subscribers[0], subscribers[3]):  # a's own subscribers, at once
+        assert json.loads((await client.expect("panic-alert"))["data"]) == alert
+
+    late = {"sender": a, "receiver": c}.get(comes_back_last)
+    if late is not None:
+        late.process.send_signal(signal.SIGSTOP)
+    try:
+        redis_server.start()
+        others = [r for r in (a, b, c) if r is not late]
+        await eventually(lambda: all(r.link() == "up" for r in others), timeout=15)
+        if comes_back_last == "receiver":
+            # b has the alert through the stream before c is back: c must catch up from it.
+            await received_once(subscribers[1], "panic-alert", alert)
+        elif late is not None:
+            await asyncio.sleep(1.0)
+    finally:
+        if late is not None:
+            late.process.send_signal(signal.SIGCONT)
+
+    for index, client in enumerate(subscribers):
+        if index in (0, 3):  # a's subscribers had it already: no second copy
+            await client.nothing(1.0)
+        elif not (index == 1 and comes_back_last == "receiver"):
+            await received_once(client, "panic-alert", alert)
+    for replica in (a, b, c):
+        assert replica.process.poll() is None, replica.logs()
+        _, body = await asyncio.to_thread(replica.readiness)
+        assert body["cluster"]["dropped"] == 0 and body["cluster"]["lost"] == 0, body
+
+
+async def test_a_dead_reader_task_restarts_and_catches_up(
+    start_server: ServerFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in the reader (a fault no client can cause, hence the
+    monkeypatch) ends the task; it is counted, restarted, and reads on from its last id."""
+    shared = {
+        "scaling_enabled": True,
+        "scaling_channel": f"reader-fault-{time.time_ns()}",
+        "scaling_node_timeout": 2.0,
+        "redis": RedisSettings(url=redis_server.url),
+    }
+    one, two = await start_server(**shared), await start_server(**shared)
+    for running in (one, two):
+        assert running.server.link is not None
+    link_one, link_two = one.server.link, two.server.link
+    assert link_one is not None and link_two is not None
+    await eventually(lambda: link_one.connected and link_two.connected)
+    await eventually(lambda: one.server.cluster.state.nodes and two.server.cluster.state.nodes)
+    client = await one.connect()
+    await client.subscribe("alerts")
+
+    receive = link_one._receive
+    failures: list[int] = []
+
+    def failing_once(entries: list[Any]) -> None:
+        if not failures:
+            failures.append(len(entries))
+            raise RuntimeError("an unexpected reply")
+        receive(entries)
+
+    monkeypatch.setattr(link_one, "_receive", failing_once)
+    assert await two.call(two.sdk().trigger, "alerts", "panic-alert", {"n": 1}) == {}
+    message = await client.expect("panic-alert", timeout=10)
+    assert json.loads(message["data"]) == {"n": 1}
+    await client.nothing(0.5)
+    assert failures and link_one.restarts["reader"] == 1
+    assert link_one.connected
+    # Converged: the other replica sees this one's subscriber again after the resync.
+    channels = await two.call(two.sdk().channels_info)
+    assert "alerts" in channels["channels"]
+
+
+@pytest.fixture
+async def backend_loop() -> AsyncIterator[Any]:
+    tasks: list[asyncio.Task[Any]] = []
+
+    def start(replica: Replica, sent: list[int], refused: list[str]) -> asyncio.Event:
+        stop = asyncio.Event()
+        client = replica.sdk()
+
+        async def loop() -> None:
+            number = 0
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(client.trigger, "alerts", "n", {"n": number})
+                    sent.append(number)
+                except Exception as exc:  # any refusal is what the test looks for
+                    refused.append(repr(exc))
+                number += 1
+                await asyncio.sleep(0.02)
+
+        tasks.append(asyncio.create_task(loop()))
+        return stop
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_drain_refuses_and_loses_no_trigger(replicas: Any, backend_loop: Any) -> None:
+    draining, other = await replicas(2, REVERB_DRAIN_SECONDS="4")
+    watcher = await subscribed(other)
+    local = await subscribed(draining)
+    await asyncio.sleep(0.3)
+    sent: list[int] = []
+    refused: list[str] = []
+    stop = backend_loop(draining, sent, refused)
+    await asyncio.sleep(0.5)
+    draining.process.send_signal(signal.SIGTERM)
+    await eventually(lambda: draining.readiness()[0] == 503)
+    # A balancer needs a while to notice: the backend keeps triggering to the draining replica.
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.sleep(0.2)
+    assert refused == []
+    assert len(sent) > 20
+    told = await local.recv(5)
+    while told["event"] == "n":  # delivered locally until the drain told it to go
+        told = await local.recv(5)
+    assert told["event"] == "pusher:error" and told["data"]["code"] == 4200, told
+    got = []
+    while len(got) < len(sent):
+        got.append(json.loads((await watcher.expect("n", timeout=5))["data"])["n"])
+    assert got == sent  # every one, once, in order
+    await watcher.nothing(0.5)
+    assert draining.stop() == 0
+    assert "left the cluster: 1 replicas" in other.logs()
