@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 
 from reverb_py.config import RedisSettings
 from tests import test_scaling
@@ -189,4 +190,42 @@ async def test_a_drain_refuses_and_loses_no_trigger(replicas: Any, backend_loop:
     assert got == sent  # every one, once, in order
     await watcher.nothing(0.5)
     assert draining.stop() == 0
+    assert other.logs().count("left the cluster") == 1
     assert "left the cluster: 1 replicas" in other.logs()
+
+
+async def test_a_refused_write_backs_off_and_is_delivered_once_redis_accepts_again(
+    start_server: ServerFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis out of memory refuses XADD (reads still work): the writer backs off exponentially
+    with one warning, and what waited is appended, once, when Redis accepts writes again."""
+    shared = {
+        "scaling_enabled": True,
+        "scaling_channel": f"oom-{time.time_ns()}",
+        "redis": RedisSettings(url=redis_server.url),
+    }
+    one, two = await start_server(**shared), await start_server(**shared)
+    link = one.server.link
+    assert link is not None and two.server.link is not None
+    await eventually(lambda: link.connected and two.server.link.connected)
+    watcher = await two.connect()
+    await watcher.subscribe("alerts")
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        assert await one.call(one.sdk().trigger, "alerts", "panic-alert", {"n": 1}) == {}
+        await asyncio.sleep(2.0)
+        # 0.1 + 0.2 + 0.4 + 0.8 s: about 5 attempts in 2 s, not 20 at a fixed 100 ms.
+        assert 2 <= link.write_errors <= 8, link.write_errors
+        # One warning per replica (both write heartbeats), not one per attempt.
+        assert 1 <= caplog.text.count("appending to the Redis stream failed") <= 2
+        assert "OutOfMemoryError" in caplog.text
+        assert link.connected  # reads still work: the link is up, writes wait
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    message = await watcher.expect("panic-alert", timeout=10)
+    assert json.loads(message["data"]) == {"n": 1}
+    await watcher.nothing(0.5)
+    assert link.backlog()[0] == 0

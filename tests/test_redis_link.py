@@ -1,0 +1,42 @@
+"""The pure bookkeeping of the Redis link: every operation applied once, every gap counted."""
+
+from __future__ import annotations
+
+from reverb_py.scaling.redis import SenderPositions
+
+
+def test_entries_in_order_are_applied_whole() -> None:
+    positions = SenderPositions()
+    assert positions.accept("a", 0, 3) == (0, 0)
+    assert positions.accept("a", 3, 2) == (0, 0)
+    assert positions.accept("b", 40, 1) == (0, 0)  # a sender first heard mid-stream
+
+
+def test_an_entry_written_twice_is_applied_once() -> None:
+    positions = SenderPositions()
+    positions.accept("a", 0, 3)
+    assert positions.accept("a", 0, 3) == (3, 0)  # the retry of a write whose reply was lost
+    assert positions.accept("a", 3, 1) == (0, 0)
+
+
+def test_an_overlapping_entry_applies_only_what_is_new() -> None:
+    positions = SenderPositions()
+    positions.accept("a", 0, 4)
+    assert positions.accept("a", 2, 5) == (2, 0)
+    assert positions.accept("a", 7, 1) == (0, 0)
+
+
+def test_a_gap_is_counted_in_operations() -> None:
+    positions = SenderPositions()
+    positions.accept("a", 0, 2)
+    assert positions.accept("a", 10, 1) == (0, 8)  # operations 2..9 were trimmed or lost
+    assert positions.accept("a", 11, 1) == (0, 0)
+
+
+def test_departed_senders_are_forgotten() -> None:
+    positions = SenderPositions()
+    positions.accept("a", 0, 1)
+    positions.accept("b", 0, 1)
+    positions.retain({"b"})
+    assert len(positions) == 1
+    assert positions.accept("a", 5, 1) == (0, 0)  # known again from scratch, no false gap
