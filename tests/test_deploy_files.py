@@ -39,9 +39,11 @@ HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 # Names a deploy file may set although the server does not read them itself.
 NOT_FOR_THE_SERVER = {"REDISCLI_AUTH"}  # read by redis-cli in the Redis container's probes
 
-# After the drain window the server waits up to this long for the last close handshakes
-# (reverb_py/server.py, STUCK_CLOSING_SECONDS) before it exits: the kill deadline must allow it.
-CLOSE_HANDSHAKE_SECONDS = 5
+# After the drain window the server waits up to 5 s for the last close handshakes
+# (reverb_py/server.py, STUCK_CLOSING_SECONDS), then flushes webhooks (2 s at most) and the
+# operations queued for the other replicas (2 s at most) before it exits: the kill deadline
+# must allow it.
+SHUTDOWN_TAIL_SECONDS = 9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,10 +675,10 @@ def test_grace_period_covers_prestop_and_drain(
     pre_stop = float(command[1])
     drain = float(_config(k8s).get("REVERB_DRAIN_SECONDS", "10"))
     grace = pod["terminationGracePeriodSeconds"]
-    needed = pre_stop + drain + CLOSE_HANDSHAKE_SECONDS
+    needed = pre_stop + drain + SHUTDOWN_TAIL_SECONDS
     assert grace > needed, (
         f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain} + "
-        f"{CLOSE_HANDSHAKE_SECONDS} s of close handshakes: the kubelet would SIGKILL the pod "
+        f"{SHUTDOWN_TAIL_SECONDS} s of shutdown tail: the kubelet would SIGKILL the pod "
         "before its clients were told to reconnect"
     )
 
@@ -800,7 +802,7 @@ def test_compose_stop_grace_period_covers_the_drain() -> None:
     for name, service in _reverb_services(_compose()).items():
         drain = float(_compose_env(service).get("REVERB_DRAIN_SECONDS", "10"))
         grace = _seconds(service.get("stop_grace_period", "10s"))  # compose's default is 10 s
-        needed = drain + CLOSE_HANDSHAKE_SECONDS
+        needed = drain + SHUTDOWN_TAIL_SECONDS
         assert grace > needed, f"compose {name}: stop_grace_period {grace}s <= {needed}s"
 
 
