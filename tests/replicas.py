@@ -148,7 +148,7 @@ class Replica:
             return 0, {}
 
     def link(self) -> str:
-        """ "up" or "down": the replica's Redis link as its /ready body tells it."""
+        """The replica's Redis link, "up" or "down", as its /ready body tells it."""
         return self.readiness()[1].get("cluster", {}).get("link", "")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

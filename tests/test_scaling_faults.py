@@ -190,6 +190,7 @@ async def test_a_drain_refuses_and_loses_no_trigger(replicas: Any, backend_loop:
     assert got == sent  # every one, once, in order
     await watcher.nothing(0.5)
     assert draining.stop() == 0
+    assert "joined the cluster: 2 replicas" in other.logs()
     assert other.logs().count("left the cluster") == 1
     assert "left the cluster: 1 replicas" in other.logs()
 
