@@ -224,9 +224,12 @@ class Server:
                     done = min(start + per_step, len(sessions))
                     total = counted(len(sessions), "client")
                     logger.info("drain: %d of %s told to reconnect", done, total)
-        # However few clients there were, the HTTP API stays up for the whole window: balancers
-        # may route triggers here until they notice the failing readiness.
-        await asyncio.sleep(max(0.0, started + window - time.monotonic()))
+        if self.link is not None:
+            # Behind a balancer, however few clients there were, the HTTP API stays up for the
+            # whole window: triggers may be routed here until the failing readiness is noticed,
+            # and they still reach the other replicas' clients. A lone server has nobody left to
+            # deliver to once its clients are gone.
+            await asyncio.sleep(max(0.0, started + window - time.monotonic()))
         deadline = time.monotonic() + STUCK_CLOSING_SECONDS
         while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
