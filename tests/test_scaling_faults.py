@@ -197,7 +197,7 @@ async def test_a_drain_refuses_and_loses_no_trigger(replicas: Any, backend_loop:
     assert draining.stop() == 0
     assert "joined the cluster: 2 replicas" in other.logs()
     assert other.logs().count("left the cluster") == 1
-    assert "left the cluster: 1 replicas" in other.logs()
+    assert "left the cluster: 1 replica" in other.logs()
 
 
 async def test_a_refused_write_backs_off_and_is_delivered_once_redis_accepts_again(
