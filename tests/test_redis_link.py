@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from reverb_py.scaling.redis import SenderPositions
+import pytest
+
+from reverb_py.scaling.cluster import Cluster
+from reverb_py.scaling.redis import RedisLink, SenderPositions
 
 
 def test_entries_in_order_are_applied_whole() -> None:
@@ -40,3 +43,15 @@ def test_departed_senders_are_forgotten() -> None:
     positions.retain({"b"})
     assert len(positions) == 1
     assert positions.accept("a", 5, 1) == (0, 0)  # known again from scratch, no false gap
+
+
+def test_a_full_backlog_drops_the_oldest_counts_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    link = RedisLink("redis://127.0.0.1:1/0", "s", Cluster("node"), backlog_ops=3)
+    for number in range(5):
+        link.send(["hb", {"n": number}])
+    assert link.dropped == 2
+    assert link.backlog()[0] == 3
+    assert [op[1]["n"] for _, op in link._outbox] == [2, 3, 4]  # the newest are kept
+    assert caplog.text.count("dropped the oldest operation") == 1  # throttled, not one per op
+    status = link.status(0.0)
+    assert status["link"] == "down" and status["queued"] == 3 and status["dropped"] == 2

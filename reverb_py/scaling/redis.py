@@ -161,6 +161,12 @@ class RedisLink:
         if len(outbox) > self.backlog_ops:
             outbox.popleft()
             self.dropped += 1
+            self._log.warning(
+                "overflow",
+                "dropped the oldest operation: more than %d wait for Redis (%d dropped so far)",
+                self.backlog_ops,
+                self.dropped,
+            )
         self._wake.set()
 
     def backlog(self) -> tuple[int, float | None]:
@@ -185,7 +191,7 @@ class RedisLink:
             "queued": queued,
             "dropped": self.dropped,
             "lost": self.lost,
-            "replicas": len(self.cluster.state.nodes) + 1,
+            "replicas": self.cluster.size,
         }
 
     # Supervision -------------------------------------------------------------------------
