@@ -10,6 +10,7 @@ alerts with pub/sub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -235,3 +236,35 @@ async def test_a_refused_write_backs_off_and_is_delivered_once_redis_accepts_aga
     assert json.loads(message["data"]) == {"n": 1}
     await watcher.nothing(0.5)
     assert link.backlog()[0] == 0
+
+
+async def test_a_replica_away_longer_than_the_stream_keeps_counts_what_it_missed(
+    replicas: Any,
+) -> None:
+    """Past the documented bound an event is not delivered, but it is counted and logged, and
+    the state is resynchronised: every event is either delivered once, in order, or counted."""
+    sender, away = await replicas(2, REVERB_SCALING_STREAM_LENGTH="100")
+    watcher = await subscribed(away)
+    await asyncio.sleep(0.3)
+    away.process.send_signal(signal.SIGSTOP)
+    total = 500
+    try:
+        client = sender.sdk()
+
+        def trigger_all() -> None:
+            for number in range(total):
+                client.trigger("alerts", "n", {"n": number})
+
+        await asyncio.to_thread(trigger_all)  # one entry each: the stream trims the oldest
+    finally:
+        away.process.send_signal(signal.SIGCONT)
+    got: list[int] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(json.loads((await watcher.expect("n", timeout=3))["data"])["n"])
+    assert got == sorted(set(got)), "in order, no duplicates"
+    assert got and got[-1] == total - 1 and len(got) < total
+    _, body = await asyncio.to_thread(away.readiness)
+    assert body["cluster"]["lost"] >= total - len(got), body
+    logs = away.logs()
+    assert "missed" in logs and "resynchronising state" in logs, logs
