@@ -110,6 +110,8 @@ def test_no_app_generates_fresh_development_credentials() -> None:
             "REVERB_APP_PING_INTERVAL",
         ),
         ({"REVERB_SCALING_ENABLED": "maybe"}, "REVERB_SCALING_ENABLED"),
+        ({"REVERB_SCALING_STREAM_LENGTH": "5"}, "REVERB_SCALING_STREAM_LENGTH"),
+        ({"REVERB_SCALING_BACKLOG_SECONDS": "0"}, "REVERB_SCALING_BACKLOG_SECONDS"),
         ({"REDIS_URL": "http://nope"}, "REDIS_URL"),
         (
             {
@@ -140,6 +142,17 @@ def test_redis_settings_from_laravel_names() -> None:
     assert settings.scaling_enabled
     assert settings.redis.url == "redis://:p%40ss%2Fword@redis.internal:6380/2"
     assert "p@ss" not in repr(settings)
+
+
+def test_stream_bounds_from_environment_and_toml(tmp_path: Path) -> None:
+    config = tmp_path / "reverb.toml"
+    config.write_text("[server]\nscaling_stream_length = 500\n", encoding="utf-8")
+    settings = load_settings(
+        environ={"REVERB_SCALING_BACKLOG_SECONDS": "45"}, config_file=str(config)
+    )
+    assert (settings.scaling_stream_length, settings.scaling_backlog_seconds) == (500, 45.0)
+    defaults = load_settings(environ={})
+    assert (defaults.scaling_stream_length, defaults.scaling_backlog_seconds) == (10_000, 60.0)
 
 
 def test_secrets_stay_out_of_reprs() -> None:
