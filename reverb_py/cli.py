@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import click
 
@@ -164,9 +163,7 @@ def summary(settings: Settings, server: Server, fds: int) -> str:
         metrics = "off"
     scaling = "off"
     if settings.scaling_enabled:
-        url = urlsplit(settings.redis.url)
-        where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
-        scaling = f"redis({url.scheme}://{where}, channel={settings.scaling_channel})"
+        scaling = f"redis({settings.redis.describe()}, channel={settings.scaling_channel})"
     per_ip = settings.max_connections_per_ip_per_second
     apps_database = "off"
     if settings.apps_database_url is not None:

@@ -123,12 +123,55 @@ class App:
         return f"App(id={self.id!r}, key={self.key!r})"
 
 
+Address = tuple[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
+    """Where the replicas meet: one server (`url`), a master watched by Sentinel
+    (`sentinels`), or a Redis Cluster (`cluster_nodes`); at most one of the last two is set.
 
-    def __repr__(self) -> str:
-        return "RedisSettings(url=<hidden>)"
+    In single-server mode the URL carries the credentials and the TLS scheme; in the other two
+    `username`/`password`/`db`/`tls` do. The CA, certificate and key files apply to every mode
+    (sentinels included), so one managed-Redis set-up works whatever the topology."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    sentinels: tuple[Address, ...] = ()
+    sentinel_service: str = "mymaster"
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    cluster_nodes: tuple[Address, ...] = ()
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def mode(self) -> Literal["single", "sentinel", "cluster"]:
+        if self.sentinels:
+            return "sentinel"
+        return "cluster" if self.cluster_nodes else "single"
+
+    def describe(self) -> str:
+        """Where Redis is, for logs: hosts and ports, never a credential."""
+        if self.mode == "single":
+            url = urlsplit(self.url)
+            return (
+                f"unix://{url.path}"
+                if url.scheme == "unix"
+                else f"{url.scheme}://{url.hostname}:{url.port or 6379}"
+            )
+        nodes = ",".join(f"{host}:{port}" for host, port in self.sentinels or self.cluster_nodes)
+        tls = " tls" if self.tls else ""
+        if self.mode == "sentinel":
+            return f"sentinel {self.sentinel_service}@{nodes}{tls}"
+        return f"cluster {nodes}{tls}"
+
+    def __repr__(self) -> str:  # the URL and the passwords stay out of tracebacks
+        return f"RedisSettings({self.describe()})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +464,9 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     ),
 }
 
-# Laravel's Redis connection variables; the TOML [redis] table takes the same names in lower
-# case without the prefix (`REDIS_HOST` -> `host`) and nothing else.
+# Laravel's Redis connection variables and reverb-py's own for Sentinel, Cluster and TLS files;
+# the TOML [redis] table takes the same names in lower case without the prefix
+# (`REDIS_HOST` -> `host`, `REDIS_SENTINELS` -> `sentinels`) and nothing else.
 REDIS_VARIABLES = (
     "REDIS_URL",
     "REDIS_SCHEME",
@@ -431,7 +475,37 @@ REDIS_VARIABLES = (
     "REDIS_USERNAME",
     "REDIS_PASSWORD",
     "REDIS_DB",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_SERVICE",
+    "REDIS_SENTINEL_USERNAME",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
+    "REDIS_CA_FILE",
+    "REDIS_CERT_FILE",
+    "REDIS_KEY_FILE",
 )
+_SENTINEL_ONLY = ("REDIS_SENTINEL_SERVICE", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD")
+_TLS_FILES = {
+    "ca_file": "REDIS_CA_FILE",
+    "cert_file": "REDIS_CERT_FILE",
+    "key_file": "REDIS_KEY_FILE",
+}
+
+
+def _redis_optional(env: Mapping[str, str], name: str) -> str | None:
+    """A credential or a path; empty and Laravel's `null` mean unset."""
+    value = env.get(name) or ""
+    return None if value.strip().lower() in ("", "null") else value
+
+
+def _to_addresses(name: str, value: str) -> tuple[Address, ...]:
+    addresses = []
+    for item in (part.strip() for part in value.split(",")):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host.strip("[]"):
+            raise ConfigError(f"{name}: expected host:port[,host:port...], got {item!r}")
+        addresses.append((host.strip("[]"), _to_int(name, port, 1, 65535)))
+    return tuple(addresses)
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
@@ -441,18 +515,75 @@ def _redis_url(env: Mapping[str, str]) -> str:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
         return url
-    scheme = "rediss" if env.get("REDIS_SCHEME", "").lower() in ("tls", "rediss") else "redis"
+    scheme = "rediss" if _redis_scheme_is_tls(env) else "redis"
     host = env.get("REDIS_HOST") or "127.0.0.1"
     port = _to_int("REDIS_PORT", env.get("REDIS_PORT") or 6379, 1, 65535)
     database = _to_int("REDIS_DB", env.get("REDIS_DB") or 0, 0)
-    user = env.get("REDIS_USERNAME") or ""
-    password = env.get("REDIS_PASSWORD") or ""
-    if password.lower() == "null":  # Laravel's .env spells "no password" as null
-        password = ""
+    user = _redis_optional(env, "REDIS_USERNAME") or ""
+    password = _redis_optional(env, "REDIS_PASSWORD") or ""
     credentials = ""
     if user or password:
         credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@"
     return f"{scheme}://{credentials}{host}:{port}/{database}"
+
+
+def _redis_scheme_is_tls(env: Mapping[str, str]) -> bool:
+    scheme = (env.get("REDIS_SCHEME") or "").strip().lower()
+    if scheme not in ("", "tcp", "redis", "tls", "rediss"):
+        raise ConfigError(f"REDIS_SCHEME: expected tcp, redis, tls or rediss, got {scheme!r}")
+    return scheme in ("tls", "rediss")
+
+
+def _redis_tls_files(env: Mapping[str, str], tls: bool) -> dict[str, str | None]:
+    files = {key: _redis_optional(env, variable) for key, variable in _TLS_FILES.items()}
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise ConfigError("REDIS_CERT_FILE/REDIS_KEY_FILE: give both the certificate and the key")
+    for key, path in files.items():
+        variable = _TLS_FILES[key]
+        if path is not None and not tls:
+            raise ConfigError(f"{variable}: needs TLS (a rediss:// URL or REDIS_SCHEME=tls)")
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{variable}: {path} does not exist")
+    return files
+
+
+def _redis_settings(env: Mapping[str, str]) -> RedisSettings:
+    """One server, Sentinel or Cluster, decided by which of REDIS_SENTINELS and
+    REDIS_CLUSTER_NODES is set; a combination that cannot mean one thing is refused."""
+    sentinels = (env.get("REDIS_SENTINELS") or "").strip()
+    cluster_nodes = (env.get("REDIS_CLUSTER_NODES") or "").strip()
+    if sentinels and cluster_nodes:
+        raise ConfigError("REDIS_SENTINELS/REDIS_CLUSTER_NODES: set one (Sentinel or Cluster)")
+    stray = next((name for name in _SENTINEL_ONLY if env.get(name) and not sentinels), None)
+    if stray is not None:
+        raise ConfigError(f"{stray}: only used together with REDIS_SENTINELS")
+    if not sentinels and not cluster_nodes:
+        url = _redis_url(env)
+        tls = url.startswith("rediss://")
+        return RedisSettings(url=url, tls=tls, **_redis_tls_files(env, tls))
+    if env.get("REDIS_URL"):
+        raise ConfigError(
+            "REDIS_URL: names a single server; with REDIS_SENTINELS or REDIS_CLUSTER_NODES "
+            "use REDIS_USERNAME, REDIS_PASSWORD and REDIS_SCHEME instead"
+        )
+    database = _to_int("REDIS_DB", env.get("REDIS_DB") or 0, 0)
+    if cluster_nodes and database:
+        raise ConfigError("REDIS_DB: Redis Cluster has only database 0")
+    tls = _redis_scheme_is_tls(env)
+    return RedisSettings(
+        sentinels=_to_addresses("REDIS_SENTINELS", sentinels) if sentinels else (),
+        sentinel_service=_to_str(
+            "REDIS_SENTINEL_SERVICE", env.get("REDIS_SENTINEL_SERVICE") or "mymaster"
+        ),
+        sentinel_username=_redis_optional(env, "REDIS_SENTINEL_USERNAME"),
+        sentinel_password=_redis_optional(env, "REDIS_SENTINEL_PASSWORD"),
+        cluster_nodes=_to_addresses("REDIS_CLUSTER_NODES", cluster_nodes) if cluster_nodes else (),
+        username=_redis_optional(env, "REDIS_USERNAME"),
+        password=_redis_optional(env, "REDIS_PASSWORD"),
+        db=database,
+        tls=tls,
+        **_redis_tls_files(env, tls),
+    )
 
 
 def app_from_mapping(where: str, raw: Mapping[str, Any]) -> App:
@@ -549,7 +680,10 @@ def _redis_table(toml: Mapping[str, Any]) -> dict[str, str]:
     unknown = [key for variable, key in variables.items() if variable not in REDIS_VARIABLES]
     if unknown:
         raise ConfigError(f"[redis]: unknown setting(s) {', '.join(sorted(unknown))}")
-    return {variable: str(table[key]) for variable, key in variables.items()}
+    return {
+        variable: ",".join(map(str, value)) if isinstance(value := table[key], list) else str(value)
+        for variable, key in variables.items()
+    }
 
 
 def load_settings(
@@ -599,8 +733,9 @@ def load_settings(
         )
 
     redis_env = {**_redis_table(toml), **env}
-    if values.get("scaling_enabled") or redis_env.get("REDIS_URL") or env.get("REDIS_HOST"):
-        values["redis"] = RedisSettings(url=_redis_url(redis_env))
+    places = ("REDIS_URL", "REDIS_HOST", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
+    if values.get("scaling_enabled") or any(redis_env.get(name) for name in places):
+        values["redis"] = _redis_settings(redis_env)
 
     apps: dict[str, App] = {}
     toml_apps = toml.get("apps", [])

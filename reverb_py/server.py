@@ -73,7 +73,7 @@ class Server:
         self.link: RedisLink | None = None
         if settings.scaling_enabled:
             self.link = RedisLink(
-                settings.redis.url,
+                settings.redis,
                 settings.scaling_channel,
                 self.cluster,
                 backlog_seconds=settings.scaling_backlog_seconds,

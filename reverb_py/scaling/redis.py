@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from reverb_py.config import RedisSettings
 from reverb_py.logs import ThrottledLog, counted
 from reverb_py.scaling.cluster import Cluster, Op
+from reverb_py.scaling.connect import RedisClient, connect
 
 logger = logging.getLogger("reverb_py.redis")
 
@@ -105,14 +106,14 @@ def _stream_id(raw: bytes | str) -> tuple[int, int]:
 class RedisLink:
     def __init__(
         self,
-        url: str,
+        redis: RedisSettings,
         stream: str,
         cluster: Cluster,
         backlog_seconds: float = 60.0,
         backlog_ops: int = 100_000,
         stream_length: int = 10_000,
     ) -> None:
-        self.url = url
+        self.redis = redis
         self.stream = stream
         self.cluster = cluster
         self.backlog_seconds = backlog_seconds
@@ -135,18 +136,12 @@ class RedisLink:
         self._positions = SenderPositions()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._writer: aioredis.Redis | None = None
+        self._writer: RedisClient | None = None
         self._log = ThrottledLog(logger, LOG_INTERVAL_SECONDS)
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> RedisClient:
         """Every Redis connection of the link comes from here (one place to change how)."""
-        return aioredis.from_url(
-            self.url,
-            socket_connect_timeout=2,
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_keepalive=True,
-            health_check_interval=5,
-        )
+        return connect(self.redis, socket_timeout=SOCKET_TIMEOUT_SECONDS)
 
     async def start(self) -> None:
         self._writer = self._client()
@@ -284,7 +279,7 @@ class RedisLink:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _find_position(self, client: aioredis.Redis) -> None:
+    async def _find_position(self, client: RedisClient) -> None:
         """Where to read from: the stream's end on first start (history before this replica
         existed is not its business), else where we left off; from the start of the stream if
         the stream is younger than our position (Redis lost it and started a new one)."""
