@@ -1,0 +1,391 @@
+"""Real Redis topologies on free loopback ports, for tests: a Sentinel set-up (a master, a
+replica, three sentinels), a Redis Cluster (three masters, three replicas) and a TLS-only
+server with a private CA. Every process is started by the test and killed by `stop()`."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.replicas import free_port
+
+SENTINEL_DOWN_AFTER_MS = 1000
+CLUSTER_NODE_TIMEOUT_MS = 1000
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (scripts/test.sh installs redis-server)")
+    return path
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class RedisProcesses:
+    """redis-server processes started by one test, all killed by `stop()`."""
+
+    directory: Path
+    password: str
+    cli_args: Sequence[str] = ()
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(
+        self, port: int, *args: str, sentinel: bool = False, password: str | None = None
+    ) -> None:
+        command = [_binary("redis-server")]
+        if sentinel:  # a sentinel needs a config file it can rewrite
+            conf = self.directory / f"sentinel-{port}.conf"
+            conf.write_text("\n".join(args) + "\n")
+            command += [str(conf), "--sentinel"]
+            args = ()
+        else:  # a replica's first full sync starts at once (Redis waits 5 s by default)
+            args = ("--repl-diskless-sync-delay", "0", *args)
+        log = self.directory / f"redis-{port}.log"
+        self.processes[port] = subprocess.Popen(
+            [*command, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *args],
+            cwd=self.directory,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        process = self.processes[port]
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis on {port} exited: {log.read_text()[-2000:]}")
+            return self.cli(port, "PING", password=password) == "PONG"
+
+        eventually(answers, f"redis on {port} did not start")
+
+    def cli(self, port: int, *command: str, password: str | None = None) -> str:
+        """One command through redis-cli; its output, or "" if the server did not answer."""
+        auth = ("--no-auth-warning", "-a", password or self.password)
+        result = subprocess.run(
+            [_binary("redis-cli"), "-p", str(port), *self.cli_args, *auth, *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.strip()
+
+    def wait_synced(self, replica: int) -> None:
+        """Until the replica holds the master's data: one that never synced cannot take over."""
+        eventually(
+            lambda: "master_link_status:up" in self.cli(replica, "INFO", "replication"),
+            f"the replica on {replica} did not sync",
+        )
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+
+
+class SentinelSetup(RedisProcesses):
+    """A password-protected master and replica watched by three password-protected sentinels
+    (quorum 2), which fail over about 1 s after the master stops answering."""
+
+    service = "reverb-test"
+
+    def __init__(self, directory: Path, password: str, sentinel_password: str) -> None:
+        super().__init__(directory, password)
+        self.sentinel_password = sentinel_password
+        self.master, self.replica = free_port(), free_port()
+        self.sentinels = [free_port() for _ in range(3)]
+
+    def start_all(self) -> None:
+        auth = ("--requirepass", self.password, "--masterauth", self.password)
+        self.start(self.master, *auth)
+        self.start(self.replica, *auth, "--replicaof", "127.0.0.1", str(self.master))
+        for port in self.sentinels:
+            self.start(
+                port,
+                f"requirepass {self.sentinel_password}",
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master} 2",
+                f"sentinel auth-pass {self.service} {self.password}",
+                f"sentinel down-after-milliseconds {self.service} {SENTINEL_DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {self.service} 10000",
+                sentinel=True,
+                password=self.sentinel_password,
+            )
+        self.wait_synced(self.replica)
+        # A failover needs the sentinels to know each other and the replica (hello messages).
+        for port in self.sentinels:
+            eventually(
+                lambda port=port: (
+                    self._sentinel(port, "SENTINEL", "SENTINELS", self.service).count("127.0.0.1")
+                    == 2
+                    and "127.0.0.1" in self._sentinel(port, "SENTINEL", "REPLICAS", self.service)
+                ),
+                "the sentinels did not discover each other and the replica",
+            )
+
+    def _sentinel(self, port: int, *command: str) -> str:
+        return self.cli(port, *command, password=self.sentinel_password)
+
+    def master_port(self) -> int | None:
+        answer = self._sentinel(
+            self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+        ).split()
+        return int(answer[1]) if len(answer) == 2 else None
+
+    def env(self) -> dict[str, str]:
+        """The reverb-py settings for this set-up."""
+        return {
+            "REDIS_URL": "",
+            "REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.sentinels),
+            "REDIS_SENTINEL_SERVICE": self.service,
+            "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
+            "REDIS_PASSWORD": self.password,
+        }
+
+    def kill_master(self) -> None:
+        self.kill(self.master)
+
+    def wait_for_new_master(self, timeout: float = 20.0) -> None:
+        """Until the sentinels have promoted the replica."""
+        eventually(
+            lambda: (
+                self.master_port() == self.replica
+                and "role:master" in self.cli(self.replica, "INFO", "replication")
+            ),
+            "the sentinels did not promote the replica",
+            timeout,
+        )
+
+
+class ClusterSetup(RedisProcesses):
+    """Three masters with one replica each; a master that stops answering for 1 s is replaced
+    by its replica."""
+
+    def __init__(self, directory: Path, password: str, key: str) -> None:
+        super().__init__(directory, password)
+        self.nodes = [free_port() for _ in range(6)]
+        self.key = key
+        self.dead: int | None = None
+
+    def start_all(self) -> None:
+        for port in self.nodes:
+            self.start(
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-port",
+                str(free_port()),  # the default, port + 10000, may be taken or out of range
+                "--cluster-node-timeout",
+                str(CLUSTER_NODE_TIMEOUT_MS),
+                "--requirepass",
+                self.password,
+                "--masterauth",
+                self.password,
+            )
+        addresses = [f"127.0.0.1:{port}" for port in self.nodes]
+        created = self.cli(
+            self.nodes[0],
+            "--cluster",
+            "create",
+            *addresses,
+            "--cluster-replicas",
+            "1",
+            "--cluster-yes",
+        )
+        assert "All 16384 slots covered" in created, created
+        for port in self.nodes:
+            eventually(
+                lambda port=port: "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO"),
+                "the cluster did not form",
+            )
+            if "role:slave" in self.cli(port, "INFO", "replication"):
+                self.wait_synced(port)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_URL": "",
+            "REDIS_CLUSTER_NODES": ",".join(f"127.0.0.1:{port}" for port in self.nodes),
+            "REDIS_PASSWORD": self.password,
+        }
+
+    def owner(self, key: str) -> int | None:
+        """The port of the master serving `key`'s hash slot (None while none does)."""
+        alive = next(iter(self.processes))
+        slot = int(self.cli(alive, "CLUSTER", "KEYSLOT", key))
+        for line in self.cli(alive, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for interval in fields[8:]:
+                low, _, high = interval.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return int(fields[1].split(":")[1].split("@")[0])
+        return None
+
+    def kill_master(self) -> None:
+        """Kill the master serving `key`'s slot: for the link's stream, the one that matters."""
+        self.dead = self.owner(self.key)
+        assert self.dead is not None, "the cluster serves every slot before the kill"
+        self.kill(self.dead)
+
+    def wait_for_new_master(self, timeout: float = 20.0) -> None:
+        """Until the killed master's replica serves its slots and the cluster is whole."""
+        eventually(
+            lambda: (
+                all(
+                    "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO")
+                    for port in self.processes
+                )
+                and self.owner(self.key) not in (self.dead, None)
+            ),
+            "the cluster did not promote the replica",
+            timeout,
+        )
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reverb-py test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(name: str, usage: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+    names = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+    files = TlsFiles(*(directory / name for name in names))
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_cert, server_key = leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH)
+    client_cert, client_key = leaf("reverb-py", ExtendedKeyUsageOID.CLIENT_AUTH)
+    files.server_cert.write_bytes(server_cert)
+    files.server_key.write_bytes(server_key)
+    files.client_cert.write_bytes(client_cert)
+    files.client_key.write_bytes(client_key)
+    return files
+
+
+class TlsServer(RedisProcesses):
+    """A redis-server that speaks only TLS, requires a client certificate and a password."""
+
+    def __init__(self, directory: Path, password: str) -> None:
+        self.tls = make_tls_files(directory)
+        super().__init__(
+            directory,
+            password,
+            cli_args=(
+                "--tls",
+                "--cacert",
+                str(self.tls.ca),
+                "--cert",
+                str(self.tls.client_cert),
+                "--key",
+                str(self.tls.client_key),
+            ),
+        )
+        self.port = free_port()
+
+    def start_tls(self) -> None:
+        self.start(
+            self.port,
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.server_cert),
+            "--tls-key-file",
+            str(self.tls.server_key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca),
+            "--tls-auth-clients",
+            "yes",
+            "--requirepass",
+            self.password,
+        )

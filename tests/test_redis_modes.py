@@ -1,0 +1,199 @@
+"""Replicas linked through Redis Sentinel, Redis Cluster and a TLS-only Redis, all real
+processes on free loopback ports: an alert triggered on one replica reaches a subscriber on
+each, exactly once, before and after the Redis master is killed, without restarting reverb-py.
+Passwords are random per test and must never appear in the replicas' logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PusherSocket
+from tests.redis_topologies import ClusterSetup, SentinelSetup, TlsServer
+from tests.replicas import Replica, start_replica
+
+pytestmark = pytest.mark.redis
+
+CHANNEL = "alarms"
+SCALING_CHANNEL = "reverb-modes"
+# From the kill to both links back: the failover itself (about 2 s with the test's 1 s
+# timeouts) plus the link's reconnect back-off (at most 5 s); a generous margin on top.
+AFTER_FAILOVER_SECONDS = 20.0
+
+StartReplicas = Callable[..., list[Replica]]
+
+
+@pytest.fixture
+def replicas() -> Iterator[StartReplicas]:
+    started: list[Replica] = []
+
+    def start(count: int, **env: str) -> list[Replica]:
+        for _ in range(count):
+            started.append(start_replica("", REVERB_SCALING_CHANNEL=SCALING_CHANNEL, **env))
+        return started[-count:]
+
+    yield start
+    for replica in started:
+        replica.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
+    setup = SentinelSetup(tmp_path, secrets.token_hex(12), secrets.token_hex(12))
+    try:
+        setup.start_all()
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+def cluster_setup(tmp_path: Path) -> Iterator[ClusterSetup]:
+    setup = ClusterSetup(tmp_path, secrets.token_hex(12), key=SCALING_CHANNEL)
+    try:
+        setup.start_all()
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
+    server = TlsServer(tmp_path, secrets.token_hex(12))
+    try:
+        server.start_tls()
+        yield server
+    finally:
+        server.stop()
+
+
+async def subscribed(replicas: list[Replica]) -> list[PusherSocket]:
+    clients = []
+    for replica in replicas:
+        client = await replica.connect()
+        answer = await client.subscribe(CHANNEL)
+        assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+        clients.append(client)
+    return clients
+
+
+async def arrivals(client: PusherSocket, event: str, first: float, more: float) -> list[Any]:
+    """The data of every `event` frame: waits up to `first` seconds for one, then `more`
+    seconds for any duplicate; other events (pings, late probes) are skipped."""
+    loop = asyncio.get_running_loop()
+    got: list[Any] = []
+    deadline = loop.time() + first
+    while (left := deadline - loop.time()) > 0:
+        try:
+            message = await client.recv(left)
+        except TimeoutError:
+            break
+        if message["event"] == event:
+            got.append(message["data"])
+            deadline = min(deadline, loop.time() + more)
+    return got
+
+
+async def until_linked(sender: Replica, clients: list[PusherSocket]) -> None:
+    """Trigger probes until every client has heard one: the replicas have found each other
+    (they start independently, and each link connects in its own time)."""
+    heard: set[int] = set()
+    for attempt in range(40):
+        await sender.call(sender.sdk().trigger, CHANNEL, "probe", {"attempt": attempt})
+        for index, client in enumerate(clients):
+            if await arrivals(client, "probe", 0.5, 0):
+                heard.add(index)
+        if len(heard) == len(clients):
+            return
+    raise AssertionError(f"only clients {sorted(heard)} heard a probe")
+
+
+async def trigger(sender: Replica, number: int) -> None:
+    response = await sender.call(sender.sdk().trigger, CHANNEL, "panic", {"alert": number})
+    assert response == {}, response  # the SDK's answer to a 200
+
+
+async def everyone_got_once(clients: list[PusherSocket], number: int, within: float) -> None:
+    received = await asyncio.gather(*(arrivals(c, "panic", within, 1.0) for c in clients))
+    got = [[json.loads(data) for data in each] for each in received]
+    assert got == [[{"alert": number}]] * len(clients)
+
+
+def assert_secrets_not_logged(replicas: list[Replica], *passwords: str) -> None:
+    for replica in replicas:
+        logs = replica.logs()
+        assert all(password not in logs for password in passwords), logs
+
+
+async def survive_master_loss(
+    setup: SentinelSetup | ClusterSetup, start: StartReplicas, *passwords: str
+) -> None:
+    a, b = start(2, **setup.env())
+    clients = await subscribed([a, b])
+    await until_linked(a, clients)
+    await trigger(a, 1)
+    await everyone_got_once(clients, 1, within=5)
+
+    await asyncio.to_thread(setup.kill_master)
+    await trigger(a, 2)  # accepted while Redis has no master: queued, not lost
+    await asyncio.to_thread(setup.wait_for_new_master)
+    await everyone_got_once(clients, 2, within=AFTER_FAILOVER_SECONDS)
+    await trigger(b, 3)
+    await everyone_got_once(clients, 3, within=5)
+
+    assert a.process.poll() is None and b.process.poll() is None  # never restarted
+    assert_secrets_not_logged([a, b], *passwords)
+
+
+async def test_sentinel_failover_loses_nothing(
+    sentinel_setup: SentinelSetup, replicas: StartReplicas
+) -> None:
+    await survive_master_loss(
+        sentinel_setup, replicas, sentinel_setup.password, sentinel_setup.sentinel_password
+    )
+
+
+async def test_cluster_master_loss_loses_nothing(
+    cluster_setup: ClusterSetup, replicas: StartReplicas
+) -> None:
+    await survive_master_loss(cluster_setup, replicas, cluster_setup.password)
+
+
+async def test_tls_with_ca_and_client_certificate(
+    tls_server: TlsServer, replicas: StartReplicas
+) -> None:
+    tls = tls_server.tls
+    env = {
+        "REDIS_URL": f"rediss://:{tls_server.password}@127.0.0.1:{tls_server.port}/0",
+        "REDIS_CA_FILE": str(tls.ca),
+        "REDIS_CERT_FILE": str(tls.client_cert),
+        "REDIS_KEY_FILE": str(tls.client_key),
+    }
+    a, b = replicas(2, **env)
+    clients = await subscribed([a, b])
+    await until_linked(a, clients)
+    await trigger(b, 1)
+    await everyone_got_once(clients, 1, within=5)
+    assert_secrets_not_logged([a, b], tls_server.password)
+
+
+async def test_tls_without_the_ca_is_refused_and_says_why(tls_server: TlsServer) -> None:
+    url = f"rediss://:{tls_server.password}@127.0.0.1:{tls_server.port}/0"
+    replica = await asyncio.to_thread(start_replica, url)
+    try:
+        for _ in range(100):
+            if "certificate verify failed" in replica.logs().lower():
+                break
+            await asyncio.sleep(0.1)
+        logs = replica.logs()
+        assert "certificate verify failed" in logs.lower(), logs
+        assert tls_server.password not in logs
+    finally:
+        replica.stop(signal.SIGKILL)
