@@ -245,8 +245,13 @@ class ClusterSetup(RedisProcesses):
                     return int(fields[1].split(":")[1].split("@")[0])
         return None
 
+    def key_elsewhere(self, key: str) -> str:
+        """A key served by another master than `key`."""
+        owner = self.owner(key)
+        return next(f"{key}-{n}" for n in range(1000) if self.owner(f"{key}-{n}") != owner)
+
     def kill_master(self) -> None:
-        """Kill the master serving `key`'s slot: for the link's stream, the one that matters."""
+        """Kill the master serving `key`'s slot."""
         self.dead = self.owner(self.key)
         assert self.dead is not None, "the cluster serves every slot before the kill"
         self.kill(self.dead)

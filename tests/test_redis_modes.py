@@ -54,11 +54,14 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
         setup.stop()
 
 
-@pytest.fixture
-def cluster_setup(tmp_path: Path) -> Iterator[ClusterSetup]:
+@pytest.fixture(params=["stream's master", "another master"])
+def cluster_setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterSetup]:
+    """A cluster whose `kill_master()` kills the master holding the link's stream, or another."""
     setup = ClusterSetup(tmp_path, secrets.token_hex(12), key=SCALING_CHANNEL)
     try:
         setup.start_all()
+        if request.param == "another master":
+            setup.key = setup.key_elsewhere(SCALING_CHANNEL)
         yield setup
     finally:
         setup.stop()

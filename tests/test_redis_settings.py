@@ -195,6 +195,7 @@ def test_cluster_client_with_credentials_and_tls(pem: dict[str, str]) -> None:
     assert isinstance(client, RedisCluster)
     nodes = client.nodes_manager.startup_nodes
     assert sorted(nodes) == ["n1:7000", "n2:7001"]
+    assert not client.nodes_manager.require_full_coverage  # a dead master elsewhere is fine
     kwargs = client.nodes_manager.connection_kwargs
     assert (kwargs["username"], kwargs["password"]) == ("reverb", "cluster-pw")
     assert kwargs["connection_class"] is SSLConnection

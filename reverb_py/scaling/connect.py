@@ -38,6 +38,8 @@ def connect(settings: RedisSettings, socket_timeout: float | None = None) -> Red
     if settings.mode == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in settings.cluster_nodes],
+            # The link uses one key: a master down elsewhere must not stop a reconnect.
+            require_full_coverage=False,
             username=settings.username,
             password=settings.password,
             **_tls_options(settings),
