@@ -9,15 +9,19 @@ import asyncio
 import json
 import secrets
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisError
 
+from reverb_py.config import RedisSettings
+from reverb_py.scaling.connect import connect
 from tests.conftest import PusherSocket
 from tests.redis_topologies import ClusterSetup, SentinelSetup, TlsServer
-from tests.replicas import Replica, start_replica
+from tests.replicas import RedisServer, Replica, start_replica
 
 pytestmark = pytest.mark.redis
 
@@ -187,16 +191,54 @@ async def test_tls_with_ca_and_client_certificate(
     assert_secrets_not_logged([a, b], tls_server.password)
 
 
-async def test_tls_without_the_ca_is_refused_and_says_why(tls_server: TlsServer) -> None:
-    url = f"rediss://:{tls_server.password}@127.0.0.1:{tls_server.port}/0"
-    replica = await asyncio.to_thread(start_replica, url)
+@pytest.mark.parametrize(
+    ("mistake", "logged"),
+    [("no CA file", "certificate verify failed"), ("wrong password", "invalid username-password")],
+)
+async def test_refused_link_says_why_without_the_secret(
+    tls_server: TlsServer, replicas: StartReplicas, mistake: str, logged: str
+) -> None:
+    tls = tls_server.tls
+    wrong = secrets.token_hex(12)
+    password = wrong if mistake == "wrong password" else tls_server.password
+    env = {"REDIS_URL": f"rediss://:{password}@127.0.0.1:{tls_server.port}/0"}
+    if mistake != "no CA file":
+        env |= {
+            "REDIS_CA_FILE": str(tls.ca),
+            "REDIS_CERT_FILE": str(tls.client_cert),
+            "REDIS_KEY_FILE": str(tls.client_key),
+        }
+    (replica,) = replicas(1, **env)
+    for _ in range(100):
+        if logged in replica.logs().lower():
+            break
+        await asyncio.sleep(0.1)
+    logs = replica.logs()
+    assert logged in logs.lower(), logs
+    assert password not in logs and tls_server.password not in logs
+
+
+async def test_sentinel_client_closes_its_sentinel_connections() -> None:
+    """The link builds a new client on every reconnect: closing it must close the
+    connections to the sentinels too, or each reconnect would leak them."""
+    server = RedisServer()  # a plain server stands in for a sentinel: it accepts, then errs
+    server.start()
     try:
-        for _ in range(100):
-            if "certificate verify failed" in replica.logs().lower():
-                break
-            await asyncio.sleep(0.1)
-        logs = replica.logs()
-        assert "certificate verify failed" in logs.lower(), logs
-        assert tls_server.password not in logs
+        client = connect(RedisSettings(sentinels=(("127.0.0.1", server.port),)))
+        with pytest.raises(RedisError):
+            await client.ping()
+        assert await asyncio.to_thread(clients_of, server) == 2  # ours and redis-cli's
+        await client.aclose()
+        assert await asyncio.to_thread(clients_of, server) == 1
     finally:
-        replica.stop(signal.SIGKILL)
+        server.stop()
+
+
+def clients_of(server: RedisServer) -> int:
+    listing = subprocess.run(
+        ["redis-cli", "-p", str(server.port), "CLIENT", "LIST"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return len(listing.stdout.splitlines())
