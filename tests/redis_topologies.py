@@ -280,51 +280,33 @@ class TlsFiles:
     client_key: Path
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+def _certificate(
+    subject: str,
+    public_key: ec.EllipticCurvePublicKey,
+    signer: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None = None,
+    usage: x509.ObjectIdentifier | None = None,
+) -> x509.Certificate:
+    """A CA certificate (no issuer: self-signed) or a leaf for 127.0.0.1 and localhost
+    signed by the CA's key."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reverb-py test CA")])
-    ca = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
     )
-
-    def leaf(name: str, usage: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
+    if usage is None:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    else:
+        builder = (
+            builder.add_extension(
                 x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
@@ -332,27 +314,35 @@ def make_tls_files(directory: Path) -> TlsFiles:
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
                 critical=False,
             )
-            .sign(ca_key, hashes.SHA256())
         )
-        pem_key = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), pem_key
+    return builder.sign(signer, hashes.SHA256())
 
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
     names = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
     files = TlsFiles(*(directory / name for name in names))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("reverb-py test CA", ca_key.public_key(), ca_key)
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    server_cert, server_key = leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH)
-    client_cert, client_key = leaf("reverb-py", ExtendedKeyUsageOID.CLIENT_AUTH)
-    files.server_cert.write_bytes(server_cert)
-    files.server_key.write_bytes(server_key)
-    files.client_cert.write_bytes(client_cert)
-    files.client_key.write_bytes(client_key)
+    leaves = [
+        ("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, files.server_cert, files.server_key),
+        ("reverb-py", ExtendedKeyUsageOID.CLIENT_AUTH, files.client_cert, files.client_key),
+    ]
+    for subject, usage, cert_path, key_path in leaves:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(subject, key.public_key(), ca_key, ca.subject, usage)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return files
 
 
