@@ -1,6 +1,8 @@
 """Real Redis topologies on free loopback ports, for tests: a Sentinel set-up (a master, a
-replica, three sentinels), a Redis Cluster (three masters, three replicas) and a TLS-only
-server with a private CA. Every process is started by the test and killed by `stop()`."""
+replica, three sentinels), a Redis Cluster (three masters, three replicas) and a single server.
+Any of them can speak only TLS (a private CA made here, client certificates required, for
+clients, replication, sentinels and the cluster bus alike). Every process is started by the
+test and killed by `stop()`."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class RedisProcesses:
 
     directory: Path
     password: str
-    cli_args: Sequence[str] = ()
+    tls: TlsFiles | None = None
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(
@@ -61,8 +63,11 @@ class RedisProcesses:
         else:  # a replica's first full sync starts at once (Redis waits 5 s by default)
             args = ("--repl-diskless-sync-delay", "0", *args)
         log = self.directory / f"redis-{port}.log"
+        listen = ["--port", str(port)]
+        if self.tls is not None:  # TLS only, for clients, replication and the cluster bus
+            listen = ["--port", "0", "--tls-port", str(port), *self._server_tls()]
         self.processes[port] = subprocess.Popen(
-            [*command, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *args],
+            [*command, *listen, "--bind", "127.0.0.1", "--save", "", *args],
             cwd=self.directory,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -80,13 +85,42 @@ class RedisProcesses:
         """One command through redis-cli; its output, or "" if the server did not answer."""
         auth = ("--no-auth-warning", "-a", password or self.password)
         result = subprocess.run(
-            [_binary("redis-cli"), "-p", str(port), *self.cli_args, *auth, *command],
+            [_binary("redis-cli"), "-p", str(port), *self._client_tls(), *auth, *command],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
         return result.stdout.strip()
+
+    def _server_tls(self) -> list[str]:
+        assert self.tls is not None
+        return [
+            *("--tls-cert-file", str(self.tls.server_cert)),
+            *("--tls-key-file", str(self.tls.server_key)),
+            *("--tls-ca-cert-file", str(self.tls.ca)),
+            *("--tls-auth-clients", "yes", "--tls-replication", "yes", "--tls-cluster", "yes"),
+        ]
+
+    def _client_tls(self) -> list[str]:
+        if self.tls is None:
+            return []
+        tls = self.tls
+        return [
+            *("--tls", "--cacert", str(tls.ca)),
+            *("--cert", str(tls.client_cert), "--key", str(tls.client_key)),
+        ]
+
+    def client_env(self) -> dict[str, str]:
+        """reverb-py's TLS settings for these servers (none without TLS)."""
+        if self.tls is None:
+            return {}
+        return {
+            "REDIS_SCHEME": "tls",
+            "REDIS_CA_FILE": str(self.tls.ca),
+            "REDIS_CERT_FILE": str(self.tls.client_cert),
+            "REDIS_KEY_FILE": str(self.tls.client_key),
+        }
 
     def wait_synced(self, replica: int) -> None:
         """Until the replica holds the master's data: one that never synced cannot take over."""
@@ -111,8 +145,10 @@ class SentinelSetup(RedisProcesses):
 
     service = "reverb-test"
 
-    def __init__(self, directory: Path, password: str, sentinel_password: str) -> None:
-        super().__init__(directory, password)
+    def __init__(
+        self, directory: Path, password: str, sentinel_password: str, tls: bool = False
+    ) -> None:
+        super().__init__(directory, password, make_tls_files(directory) if tls else None)
         self.sentinel_password = sentinel_password
         self.master, self.replica = free_port(), free_port()
         self.sentinels = [free_port() for _ in range(3)]
@@ -161,6 +197,7 @@ class SentinelSetup(RedisProcesses):
             "REDIS_SENTINEL_SERVICE": self.service,
             "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
             "REDIS_PASSWORD": self.password,
+            **self.client_env(),
         }
 
     def kill_master(self) -> None:
@@ -182,8 +219,8 @@ class ClusterSetup(RedisProcesses):
     """Three masters with one replica each; a master that stops answering for 1 s is replaced
     by its replica."""
 
-    def __init__(self, directory: Path, password: str, key: str) -> None:
-        super().__init__(directory, password)
+    def __init__(self, directory: Path, password: str, key: str, tls: bool = False) -> None:
+        super().__init__(directory, password, make_tls_files(directory) if tls else None)
         self.nodes = [free_port() for _ in range(6)]
         self.key = key
         self.dead: int | None = None
@@ -229,6 +266,7 @@ class ClusterSetup(RedisProcesses):
             "REDIS_URL": "",
             "REDIS_CLUSTER_NODES": ",".join(f"127.0.0.1:{port}" for port in self.nodes),
             "REDIS_PASSWORD": self.password,
+            **self.client_env(),
         }
 
     def owner(self, key: str) -> int | None:
@@ -285,7 +323,7 @@ def _certificate(
     public_key: ec.EllipticCurvePublicKey,
     signer: ec.EllipticCurvePrivateKey,
     issuer: x509.Name | None = None,
-    usage: x509.ObjectIdentifier | None = None,
+    usages: Sequence[x509.ObjectIdentifier] = (),
 ) -> x509.Certificate:
     """A CA certificate (no issuer: self-signed) or a leaf for 127.0.0.1 and localhost
     signed by the CA's key."""
@@ -300,7 +338,7 @@ def _certificate(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
     )
-    if usage is None:
+    if not usages:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=None), critical=True
         ).add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -312,7 +350,7 @@ def _certificate(
                 ),
                 critical=False,
             )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
                 critical=False,
@@ -328,13 +366,14 @@ def make_tls_files(directory: Path) -> TlsFiles:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("reverb-py test CA", ca_key.public_key(), ca_key)
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    leaves = [
-        ("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, files.server_cert, files.server_key),
-        ("reverb-py", ExtendedKeyUsageOID.CLIENT_AUTH, files.client_cert, files.client_key),
+    server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    leaves = [  # servers are clients too: of their master, and on the cluster bus
+        ("127.0.0.1", (server, client), files.server_cert, files.server_key),
+        ("reverb-py", (client,), files.client_cert, files.client_key),
     ]
-    for subject, usage, cert_path, key_path in leaves:
+    for subject, usages, cert_path, key_path in leaves:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(subject, key.public_key(), ca_key, ca.subject, usage)
+        cert = _certificate(subject, key.public_key(), ca_key, ca.subject, usages)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
             key.private_bytes(
@@ -350,37 +389,8 @@ class TlsServer(RedisProcesses):
     """A redis-server that speaks only TLS, requires a client certificate and a password."""
 
     def __init__(self, directory: Path, password: str) -> None:
-        self.tls = make_tls_files(directory)
-        super().__init__(
-            directory,
-            password,
-            cli_args=(
-                "--tls",
-                "--cacert",
-                str(self.tls.ca),
-                "--cert",
-                str(self.tls.client_cert),
-                "--key",
-                str(self.tls.client_key),
-            ),
-        )
+        super().__init__(directory, password, make_tls_files(directory))
         self.port = free_port()
 
     def start_tls(self) -> None:
-        self.start(
-            self.port,
-            "--port",
-            "0",
-            "--tls-port",
-            str(self.port),
-            "--tls-cert-file",
-            str(self.tls.server_cert),
-            "--tls-key-file",
-            str(self.tls.server_key),
-            "--tls-ca-cert-file",
-            str(self.tls.ca),
-            "--tls-auth-clients",
-            "yes",
-            "--requirepass",
-            self.password,
-        )
+        self.start(self.port, "--requirepass", self.password)

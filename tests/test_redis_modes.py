@@ -1,7 +1,9 @@
 """Replicas linked through Redis Sentinel, Redis Cluster and a TLS-only Redis, all real
 processes on free loopback ports: an alert triggered on one replica reaches a subscriber on
-each, exactly once, before and after the Redis master is killed, without restarting reverb-py.
-Passwords are random per test and must never appear in the replicas' logs."""
+each, exactly once, before and after the Redis master is killed (and when it is triggered while
+there is no master), without restarting reverb-py. Sentinel runs plain and over TLS, Cluster
+over TLS; TLS always with a private CA and client certificates. Passwords are random per test
+and must never appear in the replicas' logs."""
 
 from __future__ import annotations
 
@@ -48,9 +50,12 @@ def replicas() -> Iterator[StartReplicas]:
         replica.stop(signal.SIGKILL)
 
 
-@pytest.fixture
-def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
-    setup = SentinelSetup(tmp_path, secrets.token_hex(12), secrets.token_hex(12))
+@pytest.fixture(params=["plain", "TLS"])
+def sentinel_setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSetup]:
+    """Passwords on the servers and the sentinels; with TLS (and client certificates) for
+    every connection, the sentinels' included."""
+    password, sentinel_password = secrets.token_hex(12), secrets.token_hex(12)
+    setup = SentinelSetup(tmp_path, password, sentinel_password, tls=request.param == "TLS")
     try:
         setup.start_all()
         yield setup
@@ -58,10 +63,12 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
         setup.stop()
 
 
-@pytest.fixture(params=["stream's master", "another master"])
+@pytest.fixture(params=["stream's master, TLS", "another master"])
 def cluster_setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterSetup]:
-    """A cluster whose `kill_master()` kills the master holding the link's stream, or another."""
-    setup = ClusterSetup(tmp_path, secrets.token_hex(12), key=SCALING_CHANNEL)
+    """A cluster whose `kill_master()` kills the master holding the link's stream (over TLS,
+    with client certificates), or another master."""
+    tls = request.param.endswith("TLS")
+    setup = ClusterSetup(tmp_path, secrets.token_hex(12), key=SCALING_CHANNEL, tls=tls)
     try:
         setup.start_all()
         if request.param == "another master":
