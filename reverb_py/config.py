@@ -514,6 +514,10 @@ def _redis_url(env: Mapping[str, str]) -> str:
         url = env["REDIS_URL"]
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
+        try:
+            urlsplit(url).port  # noqa: B018 - parsing it is the check
+        except ValueError:  # the message leaves the URL out: it may hold the password
+            raise ConfigError("REDIS_URL: the port is not a number from 0 to 65535") from None
         return url
     scheme = "rediss" if _redis_scheme_is_tls(env) else "redis"
     host = env.get("REDIS_HOST") or "127.0.0.1"

@@ -84,6 +84,7 @@ def test_laravel_null_password_means_none() -> None:
             "REDIS_SENTINELS/REDIS_CLUSTER_NODES: set one",
         ),
         ({"REDIS_SENTINELS": "a:1", "REDIS_URL": "redis://x"}, "REDIS_URL: names a single"),
+        ({"REDIS_URL": "redis://:secret@cache:99999/0"}, "REDIS_URL: the port is not"),
         ({"REDIS_SENTINELS": "a"}, "REDIS_SENTINELS: expected host:port"),
         ({"REDIS_SENTINELS": "a:1,,b:2"}, "REDIS_SENTINELS: expected host:port"),
         ({"REDIS_CLUSTER_NODES": "a:99999"}, "REDIS_CLUSTER_NODES: must be between 1 and 65535"),
@@ -99,8 +100,9 @@ def test_laravel_null_password_means_none() -> None:
     ],
 )
 def test_invalid_combinations_are_one_clear_error(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as refused:
         redis_settings(**env)
+    assert "secret" not in str(refused.value)
 
 
 def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
