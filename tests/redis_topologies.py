@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +22,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.replicas import free_port
-
 SENTINEL_DOWN_AFTER_MS = 1000
 CLUSTER_NODE_TIMEOUT_MS = 1000
 
@@ -32,6 +31,19 @@ def _binary(name: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} is not installed (scripts/test.sh installs redis-server)")
     return path
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (held open together while chosen, so that one
+    set-up never gets the same port twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -150,8 +162,7 @@ class SentinelSetup(RedisProcesses):
     ) -> None:
         super().__init__(directory, password, make_tls_files(directory) if tls else None)
         self.sentinel_password = sentinel_password
-        self.master, self.replica = free_port(), free_port()
-        self.sentinels = [free_port() for _ in range(3)]
+        self.master, self.replica, *self.sentinels = free_ports(5)
 
     def start_all(self) -> None:
         auth = ("--requirepass", self.password, "--masterauth", self.password)
@@ -221,7 +232,9 @@ class ClusterSetup(RedisProcesses):
 
     def __init__(self, directory: Path, password: str, key: str, tls: bool = False) -> None:
         super().__init__(directory, password, make_tls_files(directory) if tls else None)
-        self.nodes = [free_port() for _ in range(6)]
+        ports = free_ports(12)
+        self.nodes = ports[:6]
+        self._bus_ports = dict(zip(self.nodes, ports[6:], strict=True))
         self.key = key
         self.dead: int | None = None
 
@@ -234,7 +247,7 @@ class ClusterSetup(RedisProcesses):
                 "--cluster-config-file",
                 f"nodes-{port}.conf",
                 "--cluster-port",
-                str(free_port()),  # the default, port + 10000, may be taken or out of range
+                str(self._bus_ports[port]),  # the default, port + 10000, may be taken or > 65535
                 "--cluster-node-timeout",
                 str(CLUSTER_NODE_TIMEOUT_MS),
                 "--requirepass",
@@ -390,7 +403,7 @@ class TlsServer(RedisProcesses):
 
     def __init__(self, directory: Path, password: str) -> None:
         super().__init__(directory, password, make_tls_files(directory))
-        self.port = free_port()
+        (self.port,) = free_ports(1)
 
     def start_tls(self) -> None:
         self.start(self.port, "--requirepass", self.password)
