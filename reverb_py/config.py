@@ -109,6 +109,8 @@ class App:
     max_presence_members: int = 100
     max_presence_user_info_size: int = 1_024
     max_user_id_length: int = 128
+    max_subscriptions_per_connection: int = 500
+    max_public_channels: int = 100_000
     client_event_rate_limit: int = 10
     rate_limiting_enabled: bool = False
     rate_limit_max_attempts: int = 60
@@ -365,6 +367,11 @@ _APP_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         lambda n, v: _to_int(n, v, 1),
     ),
     "max_user_id_length": ("REVERB_APP_MAX_USER_ID_LENGTH", lambda n, v: _to_int(n, v, 1)),
+    "max_subscriptions_per_connection": (
+        "REVERB_APP_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        lambda n, v: _to_int(n, v, 1),
+    ),
+    "max_public_channels": ("REVERB_APP_MAX_PUBLIC_CHANNELS", lambda n, v: _to_int(n, v, 1)),
     "client_event_rate_limit": (
         "REVERB_APP_CLIENT_EVENT_RATE_LIMIT",
         lambda n, v: _to_int(n, v, 0),

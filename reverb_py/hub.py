@@ -84,6 +84,7 @@ class AppHub:
         "count_dirty",
         "count_sent",
         "hooks",
+        "public_channels",
         "sessions",
         "stats",
         "tracks_counts",
@@ -94,6 +95,9 @@ class AppHub:
     def __init__(self, app: App, cluster: Cluster, hooks: AppWebhooks) -> None:
         self.cluster = cluster
         self.channels: dict[str, Channel] = {}
+        # Channels in `channels` that anyone may create (no auth): a counter, so the cap check
+        # on every subscribe is O(1).
+        self.public_channels = 0
         self.sessions: dict[str, Session] = {}
         self.reconfigure(app, hooks)
         self.users: dict[str, dict[Session, None]] = {}
@@ -204,6 +208,8 @@ class AppHub:
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name, channel_type(name))
+            if not channel.type.needs_auth:
+                self.public_channels += 1
         channel.subscribers[session] = session.socket
         self.cluster.subscriptions_changed(self.app.id, name, 1)
         if self.tracks_counts:
@@ -257,6 +263,8 @@ class AppHub:
                             self.hooks.member_removed(name, record.user_id, time.monotonic())
         if not channel.subscribers:
             del self.channels[name]
+            if not channel.type.needs_auth:
+                self.public_channels -= 1
         if self.tracks_counts:
             self.count_changed(name, self.subscription_count(name) + 1)
 
@@ -344,6 +352,11 @@ class AppHub:
             for key, record in channel.members.items():
                 merged[key] = (record.user_id, record.user_info)
         return merged
+
+    def would_exceed_public_channels(self, name: str) -> bool:
+        """Whether subscribing to public channel `name` would create one channel too many on
+        this node. Channels that need auth are never capped here: the backend decides those."""
+        return self.public_channels >= self.app.max_public_channels and name not in self.channels
 
     def would_exceed_members(self, name: str, user_id: Any) -> bool:
         members = self.members(name)

@@ -172,6 +172,17 @@ class ServerCollector:
             "Client events refused, by reason.",
             labels=["app_id", "reason"],
         )
+        subscriptions_refused = CounterMetricFamily(
+            "reverb_subscriptions_refused",
+            "Subscriptions refused with pusher:subscription_error, by reason (a cap such as "
+            "subscriptions_per_connection, or auth, invalid_channel, ...).",
+            labels=["app_id", "reason"],
+        )
+        messages_rejected = CounterMetricFamily(
+            "reverb_messages_rejected",
+            "Client messages answered with pusher:error instead of being handled, by reason.",
+            labels=["app_id", "reason"],
+        )
         api = CounterMetricFamily(
             "reverb_http_api_requests",
             "HTTP API requests, by endpoint and response status.",
@@ -184,10 +195,14 @@ class ServerCollector:
                 family.add_metric([app_id], getattr(stats, attribute))
             for reason, count in stats.client_events_rejected.items():
                 rejected.add_metric([app_id, reason], count)
+            for reason, count in stats.subscriptions_refused.items():
+                subscriptions_refused.add_metric([app_id, reason], count)
+            for reason, count in stats.messages_rejected.items():
+                messages_rejected.add_metric([app_id, reason], count)
             for (endpoint, status), count in stats.api_requests.items():
                 api.add_metric([app_id, endpoint, str(status)], count)
         yield from families.values()
-        yield from (rejected, api)
+        yield from (rejected, subscriptions_refused, messages_rejected, api)
 
     def _redis(self, link: RedisLink) -> Iterator[Metric]:
         now = time.monotonic()
