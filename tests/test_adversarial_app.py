@@ -1,0 +1,62 @@
+"""Attacks on the application layer, played against a real server: each test asserts the
+property (others still served, memory bounded, a 4xx with a JSON body), not how it is done."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import APP, Running
+from tests.test_http_api import post, raw_http, status_and_json
+
+# Signed bodies that are valid JSON but not a valid trigger. Each must get a 4xx with a JSON
+# error body (never a 500, never a dropped connection).
+WRONG_SHAPES: list[tuple[str, bytes]] = [
+    ("events", b"null"),
+    ("events", b"[]"),
+    ("events", b'"text"'),
+    ("events", b'{"name": 5, "channel": "a", "data": "x"}'),
+    ("events", b'{"name": ["a"], "channel": "a", "data": "x"}'),
+    ("events", b'{"name": "a", "channels": "a", "data": "x"}'),
+    ("events", b'{"name": "a", "channels": [1, 2], "data": "x"}'),
+    ("events", b'{"name": "a", "channels": [{"a": [1]}], "data": "x"}'),
+    ("events", b'{"name": "a", "channels": {"a": 1}, "data": "x"}'),
+    ("events", b'{"name": "a", "channel": 5, "data": "x"}'),
+    ("events", b'{"name": "a", "channel": "a"}'),
+    ("events", b'{"name": "a", "channel": "a", "data": "x", "socket_id": 1.5}'),
+    ("events", b'{"name": "a", "channel": "a", "data": "x", "socket_id": ["1.2"]}'),
+    ("events", b'{"name": "a", "channel": "a", "data": "x", "info": ["user_count"]}'),
+    ("events", b'{"name": "a", "channel": "a", "data": "x", "info": 5}'),
+    ("events", b'{"name": "a", "channel": "a", "data": ' + b"[" * 300 + b"]" * 300 + b"}"),
+    ("events", b'{"name": "a", "channels": [' + b"[" * 900 + b"]" * 900 + b'], "data": "x"}'),
+    ("batch_events", b"[]"),
+    ("batch_events", b"null"),
+    ("batch_events", b'{"batch": "x"}'),
+    ("batch_events", b'{"batch": {"name": "a"}}'),
+    ("batch_events", b'{"batch": [5]}'),
+    ("batch_events", b'{"batch": [null]}'),
+    ("batch_events", b'{"batch": [{"name": "a", "channel": ["a"], "data": "x"}]}'),
+    ("batch_events", b'{"batch": []}'),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "body"), WRONG_SHAPES, ids=range(len(WRONG_SHAPES)))
+async def test_wrong_shape_api_bodies_get_4xx_json(
+    running: Running, endpoint: str, body: bytes
+) -> None:
+    response = await raw_http(running, post(running, f"/apps/{APP.id}/{endpoint}", body))
+    status, answer = status_and_json(response)
+    assert 400 <= status < 500, response
+    assert isinstance(answer["error"], str) and answer["error"]
+
+
+async def test_data_may_be_any_json_value(running: Running) -> None:
+    """soketi accepts non-string data (Pusher and Reverb want a string): it goes out as the
+    JSON text of the value."""
+    client = await running.connect()
+    await client.subscribe("orders")
+    body = b'{"name": "shipped", "channel": "orders", "data": {"id": 7}}'
+    status, answer = status_and_json(
+        await raw_http(running, post(running, f"/apps/{APP.id}/events", body))
+    )
+    assert (status, answer) == (200, {})
+    assert (await client.expect("shipped"))["data"] == '{"id":7}'
