@@ -163,6 +163,7 @@ class Settings:
     webhook_retry_base: float = 1.0
     webhook_retry_for: float = 300.0
     webhook_queue_size: int = 10_000
+    webhook_queue_share: int = 1_000
     require_app: bool = False
     apps_database_url: str | None = field(default=None, repr=False)  # may hold a password
     apps_database_table: str = "apps"
@@ -419,6 +420,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "webhook_retry_base": ("REVERB_WEBHOOK_RETRY_BASE", _to_positive_float),
     "webhook_retry_for": ("REVERB_WEBHOOK_RETRY_FOR", _to_non_negative_float),
     "webhook_queue_size": ("REVERB_WEBHOOK_QUEUE_SIZE", lambda n, v: _to_int(n, v, 1)),
+    "webhook_queue_share": ("REVERB_WEBHOOK_QUEUE_SHARE", lambda n, v: _to_int(n, v, 1)),
     "require_app": ("REVERB_REQUIRE_APP", _to_bool),
     "apps_database_url": ("REVERB_APPS_DATABASE_URL", _to_database_url),
     "apps_database_table": ("REVERB_APPS_DATABASE_TABLE", _to_table_name),

@@ -214,7 +214,7 @@ class AppHub:
         self.cluster.subscriptions_changed(self.app.id, name, 1)
         if self.tracks_counts:
             count = self.subscription_count(name)
-            self._occupancy_changed(name, count - 1, count)
+            self._occupancy_changed(name, count - 1, count, session.socket_id)
         if member is None or channel.members is None:
             session.channels[name] = None
             return
@@ -235,13 +235,13 @@ class AppHub:
             )
             self._publish_to(channel, payload, session)
             if self.hooks.tracks_members and self.cluster.leader:
-                self.hooks.member_added(name, user_id)
+                self.hooks.member_added(name, user_id, session.socket_id)
 
-    def subscribed(self, name: str) -> None:
-        """Announce the new count once the subscriber has its subscription_succeeded (its own
-        pusher_internal:subscription_count must come after that)."""
+    def subscribed(self, name: str, cause: str) -> None:
+        """Announce the new count once the subscriber (socket id `cause`) has its
+        subscription_succeeded (its own pusher_internal:subscription_count must come after)."""
         if self.tracks_counts:
-            self._count_is(name, self.subscription_count(name))
+            self._count_is(name, self.subscription_count(name), cause)
 
     def leave(self, session: Session, name: str, member_key: str | None) -> None:
         channel = self.channels.get(name)
@@ -260,32 +260,34 @@ class AppHub:
                         )
                         self._publish_to(channel, payload, None)
                         if self.hooks.tracks_members and self.cluster.leader:
-                            self.hooks.member_removed(name, record.user_id, time.monotonic())
+                            self.hooks.member_removed(
+                                name, record.user_id, time.monotonic(), session.socket_id
+                            )
         if not channel.subscribers:
             del self.channels[name]
             if not channel.type.needs_auth:
                 self.public_channels -= 1
         if self.tracks_counts:
-            self.count_changed(name, self.subscription_count(name) + 1)
+            self.count_changed(name, self.subscription_count(name) + 1, session.socket_id)
 
-    def count_changed(self, name: str, before: int) -> None:
-        """The cluster-wide subscription count of `name` changed from `before` (here or on
-        another replica)."""
+    def count_changed(self, name: str, before: int, cause: str | None = None) -> None:
+        """The cluster-wide subscription count of `name` changed from `before` (here by the
+        connection `cause`, or on another replica)."""
         count = self.subscription_count(name)
-        self._occupancy_changed(name, before, count)
-        self._count_is(name, count)
+        self._occupancy_changed(name, before, count, cause)
+        self._count_is(name, count, cause)
 
-    def _occupancy_changed(self, name: str, before: int, after: int) -> None:
+    def _occupancy_changed(self, name: str, before: int, after: int, cause: str | None) -> None:
         if (before == 0) == (after == 0) or not self.hooks.tracks_occupancy:
             return
         if not self.cluster.leader:
             return
         if after:
-            self.hooks.channel_occupied(name)
+            self.hooks.channel_occupied(name, cause)
         else:
-            self.hooks.channel_vacated(name, time.monotonic())
+            self.hooks.channel_vacated(name, time.monotonic(), cause)
 
-    def _count_is(self, name: str, count: int) -> None:
+    def _count_is(self, name: str, count: int, cause: str | None) -> None:
         if channel_type(name).kind is ChannelKind.PRESENCE:
             return  # Pusher counts subscriptions of non-presence channels only
         if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE or name in self.count_dirty:
@@ -297,9 +299,9 @@ class AppHub:
                 return
             self.count_sent[name] = now
             self.count_dirty.pop(name, None)
-        self._announce_count(name, count)
+        self._announce_count(name, count, cause)
 
-    def _announce_count(self, name: str, count: int) -> None:
+    def _announce_count(self, name: str, count: int, cause: str | None = None) -> None:
         if self.app.subscription_count:
             channel = self.channels.get(name)
             if channel is not None:
@@ -308,7 +310,7 @@ class AppHub:
                 )
                 self._publish_to(channel, payload, None)
         if self.hooks.wants("subscription_count") and self.cluster.leader:
-            self.hooks.subscription_count(name, count)
+            self.hooks.subscription_count(name, count, cause)
 
     def announce_throttled_counts(self, now: float) -> None:
         """From the server's periodic sweep: announce the large channels whose count changed

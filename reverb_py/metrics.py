@@ -53,6 +53,7 @@ class ServerCollector:
         yield from self._connections()
         yield from self._channels()
         yield from self._traffic()
+        yield from self._webhooks()
         if self.link is not None:
             yield from self._redis(self.link)
 
@@ -203,6 +204,42 @@ class ServerCollector:
                 api.add_metric([app_id, endpoint, str(status)], count)
         yield from families.values()
         yield from (rejected, subscriptions_refused, messages_rejected, api)
+
+    def _webhooks(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "reverb_webhook_events_queued",
+            "Webhook events waiting to be sent, summed over the app's URLs.",
+            labels=["app_id"],
+        )
+        delivered = CounterMetricFamily(
+            "reverb_webhook_events_delivered",
+            "Webhook events a receiver accepted (2xx).",
+            labels=["app_id"],
+        )
+        dropped = CounterMetricFamily(
+            "reverb_webhook_events_dropped",
+            "Webhook events given up, by reason: queue_full, connection_share (one connection "
+            "caused more than its share of a queue), expired, receiver_failed, shutdown.",
+            labels=["app_id", "reason"],
+        )
+        failed = CounterMetricFamily(
+            "reverb_webhook_requests_failed",
+            "Webhook requests that failed (error or non-2xx) and were retried or given up.",
+            labels=["app_id"],
+        )
+        for app_id, hub in self.router.hubs_by_id.items():
+            targets = hub.hooks.targets
+            if not targets:
+                continue
+            queued.add_metric([app_id], sum(len(target.queue) for target in targets))
+            delivered.add_metric([app_id], sum(target.delivered for target in targets))
+            failed.add_metric([app_id], sum(target.failed_attempts for target in targets))
+            by_reason: Counter[str] = Counter()
+            for target in targets:
+                by_reason.update(target.dropped)
+            for reason, count in by_reason.items():
+                dropped.add_metric([app_id, reason], count)
+        yield from (queued, delivered, dropped, failed)
 
     def _redis(self, link: RedisLink) -> Iterator[Metric]:
         now = time.monotonic()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import APP, Running
+from reverb_py.config import Webhook
+from tests.conftest import APP, Running, ServerFactory, app_with
 from tests.test_http_api import post, raw_http, status_and_json
+from tests.test_metrics import scrape, value
+from tests.webhook_receiver import Receiver
 
 # Signed bodies that are valid JSON but not a valid trigger. Each must get a 4xx with a JSON
 # error body (never a 500, never a dropped connection).
@@ -60,3 +63,43 @@ async def test_data_may_be_any_json_value(running: Running) -> None:
     )
     assert (status, answer) == (200, {})
     assert (await client.expect("shipped"))["data"] == '{"id":7}'
+
+
+async def test_junk_channel_flood_cannot_crowd_out_other_clients_webhooks(
+    start_server: ServerFactory,
+) -> None:
+    """One socket subscribes to 300 fresh channels while the receiver is slow to be reached
+    (a long batch window keeps everything queued); the queue holds 100 events and each
+    connection may hold 20 of them. The other client's presence join still reaches the
+    receiver, and every dropped event is counted by reason."""
+    receiver = Receiver()
+    try:
+        hook = Webhook(receiver.url, ("channel_occupied", "member_added"))
+        running = await start_server(
+            app_with(webhooks=(hook,), max_subscriptions_per_connection=1000),
+            metrics_enabled=True,
+            webhook_batch_window=0.5,
+            webhook_queue_size=100,
+            webhook_queue_share=20,
+            webhook_delay=0.0,
+        )
+        attacker = await running.connect()
+        for index in range(300):
+            await attacker.send("pusher:subscribe", {"channel": f"junk-{index}"})
+        for _ in range(300):
+            await attacker.expect("pusher_internal:subscription_succeeded")
+        guard = await running.connect()
+        channel = "presence-alerts"
+        auth = running.sdk().authenticate(channel, guard.socket_id, {"user_id": "guard-1"})
+        reply = await guard.subscribe(channel, auth["auth"], auth["channel_data"])
+        assert reply["event"] == "pusher_internal:subscription_succeeded"
+
+        events = await receiver.wait_for(22)
+        ours = [e for e in events if e["channel"] == channel]
+        assert {e["name"] for e in ours} == {"channel_occupied", "member_added"}
+        samples = await scrape(running.port)
+        dropped = "reverb_webhook_events_dropped_total"
+        assert value(samples, dropped, app_id=APP.id, reason="connection_share") == 280
+        assert value(samples, "reverb_webhook_events_delivered_total", app_id=APP.id) == 22
+    finally:
+        receiver.close()

@@ -301,7 +301,7 @@ class Session:
         self._send(messages.subscription_succeeded(name, presence))
         if kind.cached:
             self._replay_cache(name)
-        self.hub.subscribed(name)
+        self.hub.subscribed(name, self.socket_id)
 
     def _presence_member(self, name: str, channel_data: Any) -> tuple[Any, Any] | None:
         """Validate presence channel_data; answers the refusal itself and returns None."""
@@ -355,7 +355,7 @@ class Session:
             self._send(entry.payload)
         else:
             self._send(messages.cache_miss(name))
-            self.hub.hooks.cache_miss(name)
+            self.hub.hooks.cache_miss(name, self.socket_id)
 
     def _refuse(self, channel: str, kind: str, message: str, status: int, reason: str) -> None:
         """Refuse one subscription; `reason` is its metrics label (a short fixed name)."""
