@@ -3,10 +3,17 @@ property (others still served, memory bounded, a 4xx with a JSON body), not how 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import time
+
+import pusher
 import pytest
 
 from reverb_py.config import Webhook
-from tests.conftest import APP, Running, ServerFactory, app_with
+from tests.conftest import APP, PusherSocket, Running, ServerFactory, app_with
+from tests.replicas import ROOT, start_replica
 from tests.test_http_api import post, raw_http, status_and_json
 from tests.test_metrics import scrape, value
 from tests.webhook_receiver import Receiver
@@ -103,3 +110,65 @@ async def test_junk_channel_flood_cannot_crowd_out_other_clients_webhooks(
         assert value(samples, "reverb_webhook_events_delivered_total", app_id=APP.id) == 22
     finally:
         receiver.close()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _round_trip(sdk: pusher.Pusher, probe: PusherSocket, number: int) -> float:
+    """Seconds from an HTTP trigger (the official SDK) to its delivery to the probe."""
+    started = time.perf_counter()
+    await asyncio.to_thread(sdk.trigger, "probe", "probe", str(number))
+    message = await probe.expect("probe", timeout=5)
+    assert message["data"] == str(number)
+    return time.perf_counter() - started
+
+
+async def test_a_socket_asking_100k_subscriptions_gets_the_cap_and_others_stay_fast() -> None:
+    """The server runs as its own process (its event loop is what is measured); the attacker
+    is another process. While it asks for 100 000 subscriptions, a subscriber's trigger-to-
+    receive round trip stays under 100 ms and the server's memory grows by a bounded amount
+    (measured: under 1 MB with the cap, 50 MB without it)."""
+    replica = start_replica("", REVERB_SCALING_ENABLED="false")
+    try:
+        probe = await replica.connect()
+        sdk = replica.sdk()
+        assert (await probe.subscribe("probe"))["event"] == "pusher_internal:subscription_succeeded"
+        for number in range(5):  # warm up: first requests allocate what every request reuses
+            await _round_trip(sdk, probe, number)
+        rss_before = _rss_bytes(replica.process.pid)
+
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.subscription_flood",
+            f"ws://127.0.0.1:{replica.port}/app/{APP.key}?protocol=7",
+            "100000",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        output = asyncio.create_task(attacker.communicate())
+        round_trips = []
+        number = 5
+        while not output.done():
+            round_trips.append(await _round_trip(sdk, probe, number))
+            number += 1
+            await asyncio.sleep(0.02)
+        stdout, _ = await output
+        rss_after = _rss_bytes(replica.process.pid)
+
+        tally = json.loads(stdout)
+        assert tally == {
+            "pusher_internal:subscription_succeeded": 500,
+            "pusher:subscription_error:4100": 99_500,
+        }
+        assert len(round_trips) >= 5, "the attack ended before it could be measured"
+        assert max(round_trips) < 0.1, sorted(round_trips)[-5:]
+        assert rss_after - rss_before < 10 * 2**20, (rss_before, rss_after)
+    finally:
+        replica.stop()
