@@ -162,8 +162,10 @@ class AppHub:
         it (Pusher sends the initial state right after sign-in)."""
         for user_id in session.watchlist:
             self.watchers.setdefault(user_id, {})[session] = None
-        online = [uid for uid in session.watchlist if self.user_online(uid)]
-        offline = [uid for uid in session.watchlist if uid not in online]
+        online: list[str] = []
+        offline: list[str] = []
+        for user_id in session.watchlist:  # one pass: a list-membership test was O(n^2)
+            (online if self.user_online(user_id) else offline).append(user_id)
         events = [
             {"name": name, "user_ids": ids}
             for name, ids in (("online", online), ("offline", offline))
