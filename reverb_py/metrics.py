@@ -168,22 +168,28 @@ class ServerCollector:
                 "reverb_client_events", "Client events accepted and broadcast.", labels=["app_id"]
             ),
         }
-        rejected = CounterMetricFamily(
-            "reverb_client_events_rejected",
-            "Client events refused, by reason.",
-            labels=["app_id", "reason"],
-        )
-        subscriptions_refused = CounterMetricFamily(
-            "reverb_subscriptions_refused",
-            "Subscriptions refused with pusher:subscription_error, by reason (a cap such as "
-            "subscriptions_per_connection, or auth, invalid_channel, ...).",
-            labels=["app_id", "reason"],
-        )
-        messages_rejected = CounterMetricFamily(
-            "reverb_messages_rejected",
-            "Client messages answered with pusher:error instead of being handled, by reason.",
-            labels=["app_id", "reason"],
-        )
+        # AppStats attribute (a dict reason -> count) -> its family
+        by_reason = {
+            attribute: CounterMetricFamily(name, text, labels=["app_id", "reason"])
+            for attribute, name, text in (
+                (
+                    "client_events_rejected",
+                    "reverb_client_events_rejected",
+                    "Client events refused, by reason.",
+                ),
+                (
+                    "subscriptions_refused",
+                    "reverb_subscriptions_refused",
+                    "Subscriptions refused with pusher:subscription_error, by reason (a cap "
+                    "such as subscriptions_per_connection, or auth, invalid_channel, ...).",
+                ),
+                (
+                    "messages_rejected",
+                    "reverb_messages_rejected",
+                    "Client messages answered with pusher:error instead of being handled.",
+                ),
+            )
+        }
         api = CounterMetricFamily(
             "reverb_http_api_requests",
             "HTTP API requests, by endpoint and response status.",
@@ -194,16 +200,14 @@ class ServerCollector:
                 continue
             for attribute, family in families.items():
                 family.add_metric([app_id], getattr(stats, attribute))
-            for reason, count in stats.client_events_rejected.items():
-                rejected.add_metric([app_id, reason], count)
-            for reason, count in stats.subscriptions_refused.items():
-                subscriptions_refused.add_metric([app_id, reason], count)
-            for reason, count in stats.messages_rejected.items():
-                messages_rejected.add_metric([app_id, reason], count)
+            for attribute, family in by_reason.items():
+                for reason, count in getattr(stats, attribute).items():
+                    family.add_metric([app_id, reason], count)
             for (endpoint, status), count in stats.api_requests.items():
                 api.add_metric([app_id, endpoint, str(status)], count)
         yield from families.values()
-        yield from (rejected, subscriptions_refused, messages_rejected, api)
+        yield from by_reason.values()
+        yield api
 
     def _webhooks(self) -> Iterator[Metric]:
         queued = GaugeMetricFamily(
