@@ -65,6 +65,8 @@ async def test_public_channel_cap_spares_existing_and_private_channels(
     assert ok["event"] == "pusher_internal:subscription_succeeded"
     # A vacated public channel frees its place.
     await first.send("pusher:unsubscribe", {"channel": "sport"})
+    await first.send("pusher:ping")
+    await first.expect("pusher:pong")  # the unsubscribe was handled
     assert (await second.subscribe("junk"))["event"] == "pusher_internal:subscription_succeeded"
     samples = await scrape(running.port)
     name = "reverb_subscriptions_refused_total"
