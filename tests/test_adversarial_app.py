@@ -183,3 +183,15 @@ async def test_a_socket_asking_100k_subscriptions_gets_the_cap_and_others_stay_f
         assert rss_after - rss_before < 10 * 2**20, (rss_before, rss_after)
     finally:
         replica.stop()
+
+
+async def test_a_huge_auth_timestamp_gets_401_not_500(running: Running) -> None:
+    """Found by fuzzing verify_api_request: the app key is public, so anyone could send this
+    (400 digits overflowed the float subtraction against the clock)."""
+    query = f"auth_key={APP.key}&auth_timestamp={'9' * 400}&auth_version=1.0"
+    request = (
+        f"GET /apps/{APP.id}/channels?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    status, answer = status_and_json(await raw_http(running, request.encode()))
+    assert status == 401
+    assert answer["error"] == "Missing or invalid auth_timestamp"

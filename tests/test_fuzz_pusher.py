@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from reverb_py.config import App, Settings
 from reverb_py.pusher import auth
+from reverb_py.pusher.auth import ApiAuthError, verify_api_request
 from reverb_py.pusher.http_api import ApiError, Event, parse_batch, parse_event
 from reverb_py.pusher.messages import ClientMessage, ProtocolViolation, parse_client_message
 from reverb_py.pusher.session import Session
@@ -183,3 +184,38 @@ def test_batch_validation_returns_events_or_a_4xx(body: Any) -> None:
         assert all(isinstance(event, Event) for event in parse_batch(APP, body))
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
+
+
+query_values = st.text(max_size=12) | st.integers(-(10**500), 10**500).map(str)
+# The parameters the verification reads, each present or not, plus any others.
+signed_params = st.tuples(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "auth_key": st.just("key") | query_values,
+            "auth_timestamp": st.just("1700000000") | query_values,
+            "auth_version": st.just("1.0") | query_values,
+            "body_md5": query_values,
+            "auth_signature": query_values,
+        },
+    ).map(lambda known: list(known.items())),
+    st.lists(st.tuples(st.text(max_size=6), query_values), max_size=3),
+).map(lambda parts: parts[0] + parts[1])
+
+
+@given(signed_params, st.binary(max_size=20), st.text(max_size=10))
+def test_api_request_verification_only_ever_refuses(
+    params: list[tuple[str, str]], body: bytes, method: str
+) -> None:
+    """A request's query and body, however malformed, are accepted or refused (401), never
+    an exception: a 400-digit auth_timestamp once overflowed into a 500."""
+    with contextlib.suppress(ApiAuthError):
+        verify_api_request(
+            key="key",
+            secret="secret",
+            method=method,
+            paths=["/apps/1/events"],
+            params=params,
+            body=body,
+            now=1_700_000_000.0,
+        )
