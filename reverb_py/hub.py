@@ -20,6 +20,7 @@ watchlist events for signed-in sockets.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from reverb_py.config import App
+from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import messages
 from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, user_key
 from reverb_py.scaling.cluster import Cluster
@@ -85,6 +87,7 @@ class AppHub:
         "count_sent",
         "hooks",
         "public_channels",
+        "refusal_log",
         "sessions",
         "stats",
         "tracks_counts",
@@ -109,6 +112,9 @@ class AppHub:
         self.count_sent: dict[str, float] = {}
         self.count_dirty: dict[str, None] = {}
         self.stats = AppStats()
+        # Warnings about refusals this app's clients can cause at will: one line per reason
+        # every 10 s, with the count of those held back.
+        self.refusal_log = ThrottledLog(logging.getLogger("reverb_py.session"))
 
     def reconfigure(self, app: App, hooks: AppWebhooks) -> None:
         """The app's settings changed (the database app store): every open session follows

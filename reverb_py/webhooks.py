@@ -62,8 +62,6 @@ DROP_REASONS = {
     "shutdown": "the server stopped before they were sent",
 }
 
-_drop_log = ThrottledLog(logger)
-
 
 class Target:
     """One webhook URL of one app: its filter, its bounded queue and its counters."""
@@ -76,6 +74,7 @@ class Target:
         "held",
         "hook",
         "in_flight",
+        "log",
         "pending_cache_misses",
         "queue",
         "queue_size",
@@ -83,8 +82,11 @@ class Target:
         "wake",
     )
 
-    def __init__(self, app: App, hook: Webhook, queue_size: int, share: int) -> None:
+    def __init__(
+        self, app: App, hook: Webhook, queue_size: int, share: int, log: ThrottledLog
+    ) -> None:
         self.app = app
+        self.log = log
         self.hook = hook
         self.queue_size = queue_size
         self.share = share
@@ -122,8 +124,8 @@ class Target:
         every 10 s per app and reason, a dead receiver under load would otherwise log once
         per event."""
         total = self.dropped[reason] = self.dropped.get(reason, 0) + count
-        _drop_log.warning(
-            f"{self.app.id}:{reason}",
+        self.log.warning(
+            reason,
             "webhook for app %s: dropped %d event(s), %d in total for this reason: %s",
             self.app.id,
             count,
@@ -181,8 +183,9 @@ class AppWebhooks:
         # Channel churn (subscribe, unsubscribe, next name) defers one event per channel;
         # past this many, the oldest goes to the queue early instead of memory growing.
         self.delayed_limit = settings.webhook_queue_size
+        log = ThrottledLog(logger)  # this app's drop warnings, one line per reason every 10 s
         self.targets = [
-            Target(app, hook, settings.webhook_queue_size, settings.webhook_queue_share)
+            Target(app, hook, settings.webhook_queue_size, settings.webhook_queue_share, log)
             for hook in app.webhooks
         ]
         self.by_kind: dict[str, tuple[Target, ...]] = {}

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from reverb_py.config import App
-from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
     SERVER_TO_USER_PREFIX,
@@ -38,9 +37,6 @@ MAX_WATCHLIST = 100  # Pusher's limit; beyond it the first 100 ids are kept (err
 # Containers the server may later wrap around a member's user_info (roster frame, Redis
 # snapshot): a user_info nested deeper could not be encoded there (see encode_nested).
 USER_INFO_HEADROOM = 16
-
-# Refusals a client can cause at will: one line per app and reason every 10 s, with a count.
-_refusal_log = ThrottledLog(logger)
 
 
 class Socket(Protocol):
@@ -124,8 +120,8 @@ class Session:
             self._send(messages.error(violation.code, violation.message))
         except Exception as exc:  # a bug; the client must not be able to turn it into a flood
             stats.message_rejected("internal_error")
-            _refusal_log.warning(
-                f"internal_error:{self.app.id}",
+            self.hub.refusal_log.warning(
+                "internal_error",
                 "unexpected %s handling a message for app %s: %s",
                 type(exc).__name__,
                 self.app.id,
@@ -365,8 +361,8 @@ class Session:
     def _limit_reached(self, channel: str, reason: str, message: str) -> None:
         """A cap on what clients can make the server hold: refused with 4100 (back off, as
         pusher-js does for over-capacity) and logged, rate-limited per app and cap."""
-        _refusal_log.warning(
-            f"{reason}:{self.app.id}", "app %s: refused a subscription: %s", self.app.id, message
+        self.hub.refusal_log.warning(
+            reason, "app %s: refused a subscription: %s", self.app.id, message
         )
         self._refuse(channel, "LimitReached", message, ErrorCode.OVER_CAPACITY, reason)
 
