@@ -223,7 +223,8 @@ class ServerCollector:
         dropped = CounterMetricFamily(
             "reverb_webhook_events_dropped",
             "Webhook events given up, by reason: queue_full, connection_share (one connection "
-            "caused more than its share of a queue), expired, receiver_failed, shutdown.",
+            "caused more than its share of a queue), expired, receiver_failed, shutdown, "
+            "app_changed.",
             labels=["app_id", "reason"],
         )
         failed = CounterMetricFamily(

@@ -60,6 +60,7 @@ DROP_REASONS = {
     "expired": "waited longer than the retry window",
     "receiver_failed": "the receiver kept failing; gave up",
     "shutdown": "the server stopped before they were sent",
+    "app_changed": "the app's webhooks changed or it was removed",
 }
 
 
@@ -153,10 +154,10 @@ class Target:
             self.drop(expired, "expired")
         return items
 
-    def discard_queue(self) -> None:
-        """On shutdown: what could not be sent is counted as dropped."""
+    def discard_queue(self, reason: str) -> None:
+        """On shutdown or when the app's URLs change: what was not sent is counted as dropped."""
         if self.queue:
-            self.drop(len(self.queue), "shutdown")
+            self.drop(len(self.queue), reason)
         self.queue.clear()
         self.held.clear()
         self.pending_cache_misses.clear()
@@ -350,9 +351,7 @@ class Webhooks:
             task = self._tasks.pop(target, None)
             if task is not None:
                 task.cancel()
-            if target.queue:
-                target.drop(len(target.queue), "the app's webhooks changed or it was removed")
-                target.queue.clear()
+            target.discard_queue("app_changed")
 
     def tick(self, now: float) -> None:
         for hooks in self.apps.values():
@@ -378,7 +377,7 @@ class Webhooks:
         if self._client is not None:
             await self._client.aclose()
         for target in self.targets():
-            target.discard_queue()
+            target.discard_queue("shutdown")
 
     async def _send_forever(self, target: Target) -> None:
         settings = self.settings

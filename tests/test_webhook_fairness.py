@@ -4,7 +4,7 @@ delayed events, and that the share map never outlives the queue."""
 from __future__ import annotations
 
 from reverb_py.config import Settings, Webhook
-from reverb_py.webhooks import AppWebhooks
+from reverb_py.webhooks import AppWebhooks, Webhooks
 from tests.conftest import app_with
 
 HOOK = Webhook("http://127.0.0.1:9/hooks", ("channel_occupied", "channel_vacated"))
@@ -58,3 +58,13 @@ def test_delayed_events_are_bounded_and_released_early_not_lost() -> None:
     assert not webhooks.delayed
     assert [item["channel"] for _, item, _ in target.queue] == [f"c-{i}" for i in range(3, 8)]
     assert target.dropped == {}
+
+
+def test_events_of_a_removed_app_are_counted_as_dropped() -> None:
+    app = app_with(webhooks=(HOOK,))
+    webhooks = Webhooks(Settings(apps=(app,)))
+    (target,) = webhooks.apps[app.id].targets
+    webhooks.apps[app.id].channel_occupied("news", cause="1.1")
+    webhooks.remove(app.id)
+    assert target.dropped == {"app_changed": 1}
+    assert not target.queue and not target.held
