@@ -109,6 +109,8 @@ class App:
     max_presence_members: int = 100
     max_presence_user_info_size: int = 1_024
     max_user_id_length: int = 128
+    max_subscriptions_per_connection: int = 500
+    max_public_channels: int = 100_000
     client_event_rate_limit: int = 10
     rate_limiting_enabled: bool = False
     rate_limit_max_attempts: int = 60
@@ -204,6 +206,7 @@ class Settings:
     webhook_retry_base: float = 1.0
     webhook_retry_for: float = 300.0
     webhook_queue_size: int = 10_000
+    webhook_queue_share: int = 1_000
     require_app: bool = False
     apps_database_url: str | None = field(default=None, repr=False)  # may hold a password
     apps_database_table: str = "apps"
@@ -408,6 +411,11 @@ _APP_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         lambda n, v: _to_int(n, v, 1),
     ),
     "max_user_id_length": ("REVERB_APP_MAX_USER_ID_LENGTH", lambda n, v: _to_int(n, v, 1)),
+    "max_subscriptions_per_connection": (
+        "REVERB_APP_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        lambda n, v: _to_int(n, v, 1),
+    ),
+    "max_public_channels": ("REVERB_APP_MAX_PUBLIC_CHANNELS", lambda n, v: _to_int(n, v, 1)),
     "client_event_rate_limit": (
         "REVERB_APP_CLIENT_EVENT_RATE_LIMIT",
         lambda n, v: _to_int(n, v, 0),
@@ -455,6 +463,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "webhook_retry_base": ("REVERB_WEBHOOK_RETRY_BASE", _to_positive_float),
     "webhook_retry_for": ("REVERB_WEBHOOK_RETRY_FOR", _to_non_negative_float),
     "webhook_queue_size": ("REVERB_WEBHOOK_QUEUE_SIZE", lambda n, v: _to_int(n, v, 1)),
+    "webhook_queue_share": ("REVERB_WEBHOOK_QUEUE_SHARE", lambda n, v: _to_int(n, v, 1)),
     "require_app": ("REVERB_REQUIRE_APP", _to_bool),
     "apps_database_url": ("REVERB_APPS_DATABASE_URL", _to_database_url),
     "apps_database_table": ("REVERB_APPS_DATABASE_TABLE", _to_table_name),

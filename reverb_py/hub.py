@@ -20,6 +20,7 @@ watchlist events for signed-in sockets.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from reverb_py.config import App
+from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import messages
 from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, user_key
 from reverb_py.scaling.cluster import Cluster
@@ -84,6 +86,8 @@ class AppHub:
         "count_dirty",
         "count_sent",
         "hooks",
+        "public_channels",
+        "refusal_log",
         "sessions",
         "stats",
         "tracks_counts",
@@ -94,6 +98,9 @@ class AppHub:
     def __init__(self, app: App, cluster: Cluster, hooks: AppWebhooks) -> None:
         self.cluster = cluster
         self.channels: dict[str, Channel] = {}
+        # Channels in `channels` that anyone may create (no auth): a counter, so the cap check
+        # on every subscribe is O(1).
+        self.public_channels = 0
         self.sessions: dict[str, Session] = {}
         self.reconfigure(app, hooks)
         self.users: dict[str, dict[Session, None]] = {}
@@ -105,6 +112,9 @@ class AppHub:
         self.count_sent: dict[str, float] = {}
         self.count_dirty: dict[str, None] = {}
         self.stats = AppStats()
+        # Warnings about refusals this app's clients can cause at will: one line per reason
+        # every 10 s, with the count of those held back.
+        self.refusal_log = ThrottledLog(logging.getLogger("reverb_py.session"))
 
     def reconfigure(self, app: App, hooks: AppWebhooks) -> None:
         """The app's settings changed (the database app store): every open session follows
@@ -158,8 +168,10 @@ class AppHub:
         it (Pusher sends the initial state right after sign-in)."""
         for user_id in session.watchlist:
             self.watchers.setdefault(user_id, {})[session] = None
-        online = [uid for uid in session.watchlist if self.user_online(uid)]
-        offline = [uid for uid in session.watchlist if uid not in online]
+        online: list[str] = []
+        offline: list[str] = []
+        for user_id in session.watchlist:  # one pass: a list-membership test was O(n^2)
+            (online if self.user_online(user_id) else offline).append(user_id)
         events = [
             {"name": name, "user_ids": ids}
             for name, ids in (("online", online), ("offline", offline))
@@ -204,11 +216,13 @@ class AppHub:
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name, channel_type(name))
+            if not channel.type.needs_auth:
+                self.public_channels += 1
         channel.subscribers[session] = session.socket
         self.cluster.subscriptions_changed(self.app.id, name, 1)
         if self.tracks_counts:
             count = self.subscription_count(name)
-            self._occupancy_changed(name, count - 1, count)
+            self._occupancy_changed(name, count - 1, count, session.socket_id)
         if member is None or channel.members is None:
             session.channels[name] = None
             return
@@ -229,13 +243,13 @@ class AppHub:
             )
             self._publish_to(channel, payload, session)
             if self.hooks.tracks_members and self.cluster.leader:
-                self.hooks.member_added(name, user_id)
+                self.hooks.member_added(name, user_id, session.socket_id)
 
-    def subscribed(self, name: str) -> None:
-        """Announce the new count once the subscriber has its subscription_succeeded (its own
-        pusher_internal:subscription_count must come after that)."""
+    def subscribed(self, name: str, cause: str) -> None:
+        """Announce the new count once the subscriber (socket id `cause`) has its
+        subscription_succeeded (its own pusher_internal:subscription_count must come after)."""
         if self.tracks_counts:
-            self._count_is(name, self.subscription_count(name))
+            self._count_is(name, self.subscription_count(name), cause)
 
     def leave(self, session: Session, name: str, member_key: str | None) -> None:
         channel = self.channels.get(name)
@@ -254,30 +268,34 @@ class AppHub:
                         )
                         self._publish_to(channel, payload, None)
                         if self.hooks.tracks_members and self.cluster.leader:
-                            self.hooks.member_removed(name, record.user_id, time.monotonic())
+                            self.hooks.member_removed(
+                                name, record.user_id, time.monotonic(), session.socket_id
+                            )
         if not channel.subscribers:
             del self.channels[name]
+            if not channel.type.needs_auth:
+                self.public_channels -= 1
         if self.tracks_counts:
-            self.count_changed(name, self.subscription_count(name) + 1)
+            self.count_changed(name, self.subscription_count(name) + 1, session.socket_id)
 
-    def count_changed(self, name: str, before: int) -> None:
-        """The cluster-wide subscription count of `name` changed from `before` (here or on
-        another replica)."""
+    def count_changed(self, name: str, before: int, cause: str | None = None) -> None:
+        """The cluster-wide subscription count of `name` changed from `before` (here by the
+        connection `cause`, or on another replica)."""
         count = self.subscription_count(name)
-        self._occupancy_changed(name, before, count)
-        self._count_is(name, count)
+        self._occupancy_changed(name, before, count, cause)
+        self._count_is(name, count, cause)
 
-    def _occupancy_changed(self, name: str, before: int, after: int) -> None:
+    def _occupancy_changed(self, name: str, before: int, after: int, cause: str | None) -> None:
         if (before == 0) == (after == 0) or not self.hooks.tracks_occupancy:
             return
         if not self.cluster.leader:
             return
         if after:
-            self.hooks.channel_occupied(name)
+            self.hooks.channel_occupied(name, cause)
         else:
-            self.hooks.channel_vacated(name, time.monotonic())
+            self.hooks.channel_vacated(name, time.monotonic(), cause)
 
-    def _count_is(self, name: str, count: int) -> None:
+    def _count_is(self, name: str, count: int, cause: str | None) -> None:
         if channel_type(name).kind is ChannelKind.PRESENCE:
             return  # Pusher counts subscriptions of non-presence channels only
         if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE or name in self.count_dirty:
@@ -289,9 +307,9 @@ class AppHub:
                 return
             self.count_sent[name] = now
             self.count_dirty.pop(name, None)
-        self._announce_count(name, count)
+        self._announce_count(name, count, cause)
 
-    def _announce_count(self, name: str, count: int) -> None:
+    def _announce_count(self, name: str, count: int, cause: str | None = None) -> None:
         if self.app.subscription_count:
             channel = self.channels.get(name)
             if channel is not None:
@@ -300,7 +318,7 @@ class AppHub:
                 )
                 self._publish_to(channel, payload, None)
         if self.hooks.wants("subscription_count") and self.cluster.leader:
-            self.hooks.subscription_count(name, count)
+            self.hooks.subscription_count(name, count, cause)
 
     def announce_throttled_counts(self, now: float) -> None:
         """From the server's periodic sweep: announce the large channels whose count changed
@@ -344,6 +362,11 @@ class AppHub:
             for key, record in channel.members.items():
                 merged[key] = (record.user_id, record.user_info)
         return merged
+
+    def would_exceed_public_channels(self, name: str) -> bool:
+        """Whether subscribing to public channel `name` would create one channel too many on
+        this node. Channels that need auth are never capped here: the backend decides those."""
+        return self.public_channels >= self.app.max_public_channels and name not in self.channels
 
     def would_exceed_members(self, name: str, user_id: Any) -> bool:
         members = self.members(name)

@@ -53,6 +53,7 @@ class ServerCollector:
         yield from self._connections()
         yield from self._channels()
         yield from self._traffic()
+        yield from self._webhooks()
         if self.link is not None:
             yield from self._redis(self.link)
 
@@ -167,11 +168,28 @@ class ServerCollector:
                 "reverb_client_events", "Client events accepted and broadcast.", labels=["app_id"]
             ),
         }
-        rejected = CounterMetricFamily(
-            "reverb_client_events_rejected",
-            "Client events refused, by reason.",
-            labels=["app_id", "reason"],
-        )
+        # AppStats attribute (a dict reason -> count) -> its family
+        by_reason = {
+            attribute: CounterMetricFamily(name, text, labels=["app_id", "reason"])
+            for attribute, name, text in (
+                (
+                    "client_events_rejected",
+                    "reverb_client_events_rejected",
+                    "Client events refused, by reason.",
+                ),
+                (
+                    "subscriptions_refused",
+                    "reverb_subscriptions_refused",
+                    "Subscriptions refused with pusher:subscription_error, by reason (a cap "
+                    "such as subscriptions_per_connection, or auth, invalid_channel, ...).",
+                ),
+                (
+                    "messages_rejected",
+                    "reverb_messages_rejected",
+                    "Client messages answered with pusher:error instead of being handled.",
+                ),
+            )
+        }
         api = CounterMetricFamily(
             "reverb_http_api_requests",
             "HTTP API requests, by endpoint and response status.",
@@ -182,12 +200,51 @@ class ServerCollector:
                 continue
             for attribute, family in families.items():
                 family.add_metric([app_id], getattr(stats, attribute))
-            for reason, count in stats.client_events_rejected.items():
-                rejected.add_metric([app_id, reason], count)
+            for attribute, family in by_reason.items():
+                for reason, count in getattr(stats, attribute).items():
+                    family.add_metric([app_id, reason], count)
             for (endpoint, status), count in stats.api_requests.items():
                 api.add_metric([app_id, endpoint, str(status)], count)
         yield from families.values()
-        yield from (rejected, api)
+        yield from by_reason.values()
+        yield api
+
+    def _webhooks(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "reverb_webhook_events_queued",
+            "Webhook events waiting to be sent, summed over the app's URLs.",
+            labels=["app_id"],
+        )
+        delivered = CounterMetricFamily(
+            "reverb_webhook_events_delivered",
+            "Webhook events a receiver accepted (2xx).",
+            labels=["app_id"],
+        )
+        dropped = CounterMetricFamily(
+            "reverb_webhook_events_dropped",
+            "Webhook events given up, by reason: queue_full, connection_share (one connection "
+            "caused more than its share of a queue), expired, receiver_failed, shutdown, "
+            "app_changed.",
+            labels=["app_id", "reason"],
+        )
+        failed = CounterMetricFamily(
+            "reverb_webhook_requests_failed",
+            "Webhook requests that failed (error or non-2xx) and were retried or given up.",
+            labels=["app_id"],
+        )
+        for app_id, hub in self.router.hubs_by_id.items():
+            targets = hub.hooks.targets
+            if not targets:
+                continue
+            queued.add_metric([app_id], sum(len(target.queue) for target in targets))
+            delivered.add_metric([app_id], sum(target.delivered for target in targets))
+            failed.add_metric([app_id], sum(target.failed_attempts for target in targets))
+            by_reason: Counter[str] = Counter()
+            for target in targets:
+                by_reason.update(target.dropped)
+            for reason, count in by_reason.items():
+                dropped.add_metric([app_id, reason], count)
+        yield from (queued, delivered, dropped, failed)
 
     def _redis(self, link: RedisLink) -> Iterator[Metric]:
         now = time.monotonic()

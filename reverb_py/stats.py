@@ -19,9 +19,11 @@ class AppStats:
         "message_bytes_received",
         "message_bytes_sent",
         "messages_received",
+        "messages_rejected",
         "messages_sent",
         "opened",
         "refused",
+        "subscriptions_refused",
     )
 
     def __init__(self) -> None:
@@ -35,6 +37,8 @@ class AppStats:
         self.closed: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self.client_events_rejected: dict[str, int] = {}
+        self.subscriptions_refused: dict[str, int] = {}
+        self.messages_rejected: dict[str, int] = {}
         self.api_requests: dict[tuple[str, int], int] = {}
 
     def sent(self, messages: int, payload_size: int) -> None:
@@ -50,6 +54,14 @@ class AppStats:
 
     def client_event_rejected(self, reason: str) -> None:
         rejected = self.client_events_rejected
+        rejected[reason] = rejected.get(reason, 0) + 1
+
+    def subscription_refused(self, reason: str) -> None:
+        refused = self.subscriptions_refused
+        refused[reason] = refused.get(reason, 0) + 1
+
+    def message_rejected(self, reason: str) -> None:
+        rejected = self.messages_rejected
         rejected[reason] = rejected.get(reason, 0) + 1
 
     def api_request(self, endpoint: str, status: int) -> None:

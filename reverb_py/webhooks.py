@@ -18,6 +18,12 @@ exponential back-off until `retry_for` seconds after the first attempt (Pusher: 
 Each URL has one request in flight at a time and at most `queue_size` waiting events; beyond
 that new events are dropped, counted and logged, so a slow or dead receiver costs bounded
 memory and never delays message delivery.
+
+Fairness: every event carries its cause, the socket id of the connection whose action decided
+it (None for what the server or another replica decided). One connection may hold at most
+`share` events in a URL's queue, so a client that subscribes to thousands of junk channels
+fills its own share and loses its own events, not everyone else's. The queue itself stays one
+FIFO, so events reach the receiver in the order they were decided. Apps never share a queue.
 """
 
 from __future__ import annotations
@@ -36,77 +42,101 @@ import orjson
 
 from reverb_py import __version__
 from reverb_py.config import App, Settings, Webhook
+from reverb_py.logs import ThrottledLog
 from reverb_py.pusher.auth import webhook_signature
 
 logger = logging.getLogger("reverb_py.webhooks")
 
 MAX_EVENTS_PER_REQUEST = 100
 MAX_RETRY_DELAY = 60.0
-LOG_EVERY_SECONDS = 10.0
 SHUTDOWN_FLUSH_SECONDS = 2.0
 
 Item = dict[str, Any]
+
+# Why events are dropped: the metrics label and the log line's explanation.
+DROP_REASONS = {
+    "queue_full": "the queue is full: the receiver is too slow or down",
+    "connection_share": "one connection caused more than its share of the queue",
+    "expired": "waited longer than the retry window",
+    "receiver_failed": "the receiver kept failing; gave up",
+    "shutdown": "the server stopped before they were sent",
+    "app_changed": "the app's webhooks changed or it was removed",
+}
 
 
 class Target:
     """One webhook URL of one app: its filter, its bounded queue and its counters."""
 
     __slots__ = (
-        "_logged_at",
-        "_logged_dropped",
         "app",
         "delivered",
         "dropped",
         "failed_attempts",
+        "held",
         "hook",
         "in_flight",
+        "log",
         "pending_cache_misses",
         "queue",
         "queue_size",
+        "share",
         "wake",
     )
 
-    def __init__(self, app: App, hook: Webhook, queue_size: int) -> None:
+    def __init__(
+        self, app: App, hook: Webhook, queue_size: int, share: int, log: ThrottledLog
+    ) -> None:
         self.app = app
+        self.log = log
         self.hook = hook
         self.queue_size = queue_size
-        self.queue: deque[tuple[float, Item]] = deque()
+        self.share = share
+        self.queue: deque[tuple[float, Item, str | None]] = deque()
+        # Events waiting in `queue` per causing connection; a connection leaves the map when
+        # its last event leaves the queue, so the map is never larger than the queue.
+        self.held: dict[str, int] = {}
         self.wake = asyncio.Event()
         self.in_flight = 0
         # Channels with a cache_miss already waiting: simultaneous subscribers send it once.
         self.pending_cache_misses: set[str] = set()
         self.delivered = 0
-        self.dropped = 0
+        self.dropped: dict[str, int] = {}
         self.failed_attempts = 0
-        self._logged_at = 0.0
-        self._logged_dropped = 0
 
-    def offer(self, item: Item, now: float) -> None:
+    def offer(self, item: Item, now: float, cause: str | None = None) -> None:
         if len(self.queue) >= self.queue_size:
-            self.drop(1, "queue full: the receiver is too slow or down")
+            self.drop(1, "queue_full")
             return
         if item["name"] == "cache_miss":
             if item["channel"] in self.pending_cache_misses:
                 return
             self.pending_cache_misses.add(item["channel"])
-        self.queue.append((now, item))
+        if cause is not None:
+            held = self.held.get(cause, 0)
+            if held >= self.share:
+                self.drop(1, "connection_share")
+                return
+            self.held[cause] = held + 1
+        self.queue.append((now, item, cause))
         self.wake.set()
 
-    def drop(self, count: int, why: str) -> None:
-        """Count lost events; log at most every LOG_EVERY_SECONDS per URL (a dead receiver
-        under load would otherwise log once per event)."""
-        self.dropped += count
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_EVERY_SECONDS:
-            logger.warning(
-                "webhook for app %s: dropped %d event(s) (%d in total): %s",
-                self.app.id,
-                self.dropped - self._logged_dropped,
-                self.dropped,
-                why,
-            )
-            self._logged_at = now
-            self._logged_dropped = self.dropped
+    def drop(self, count: int, reason: str) -> None:
+        """Count lost events by reason (a key of DROP_REASONS); the log says how many at most
+        every 10 s per app and reason, a dead receiver under load would otherwise log once
+        per event."""
+        total = self.dropped[reason] = self.dropped.get(reason, 0) + count
+        self.log.warning(
+            reason,
+            "webhook for app %s: dropped %d event(s), %d in total for this reason: %s",
+            self.app.id,
+            count,
+            total,
+            DROP_REASONS[reason],
+        )
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
 
     def take(self, now: float, retry_for: float) -> list[Item]:
         """The next request's events; events older than the retry window are given up."""
@@ -114,34 +144,58 @@ class Target:
         expired = 0
         queue = self.queue
         while queue and len(items) < MAX_EVENTS_PER_REQUEST:
-            created, item = queue.popleft()
-            if item["name"] == "cache_miss":
-                self.pending_cache_misses.discard(item["channel"])
+            created, item, cause = queue.popleft()
+            self._release(item, cause)
             if now - created > retry_for:
                 expired += 1
             else:
                 items.append(item)
         if expired:
-            self.drop(expired, "waited longer than the retry window")
+            self.drop(expired, "expired")
         return items
+
+    def discard_queue(self, reason: str) -> None:
+        """On shutdown or when the app's URLs change: what was not sent is counted as dropped."""
+        if self.queue:
+            self.drop(len(self.queue), reason)
+        self.queue.clear()
+        self.held.clear()
+        self.pending_cache_misses.clear()
+
+    def _release(self, item: Item, cause: str | None) -> None:
+        if item["name"] == "cache_miss":
+            self.pending_cache_misses.discard(item["channel"])
+        if cause is not None:
+            held = self.held[cause] - 1
+            if held:
+                self.held[cause] = held
+            else:
+                del self.held[cause]
 
 
 class AppWebhooks:
     """The webhook decisions of one app. Every method is synchronous and cheap."""
 
-    __slots__ = ("app", "by_kind", "delay", "delayed", "targets")
+    __slots__ = ("app", "by_kind", "delay", "delayed", "delayed_limit", "targets")
 
     def __init__(self, app: App, settings: Settings) -> None:
         self.app = app
         self.delay = settings.webhook_delay
-        self.targets = [Target(app, hook, settings.webhook_queue_size) for hook in app.webhooks]
+        # Channel churn (subscribe, unsubscribe, next name) defers one event per channel;
+        # past this many, the oldest goes to the queue early instead of memory growing.
+        self.delayed_limit = settings.webhook_queue_size
+        log = ThrottledLog(logger)  # this app's drop warnings, one line per reason every 10 s
+        self.targets = [
+            Target(app, hook, settings.webhook_queue_size, settings.webhook_queue_share, log)
+            for hook in app.webhooks
+        ]
         self.by_kind: dict[str, tuple[Target, ...]] = {}
         for target in self.targets:
             for kind in target.hook.event_types:
                 self.by_kind[kind] = (*self.by_kind.get(kind, ()), target)
-        # (kind, channel, user key) -> (due, item); insertion order is due order, since the
-        # delay is the same for every entry.
-        self.delayed: dict[tuple[str, str, str], tuple[float, Item]] = {}
+        # (kind, channel, user key) -> (due, item, cause); insertion order is due order, since
+        # the delay is the same for every entry.
+        self.delayed: dict[tuple[str, str, str], tuple[float, Item, str | None]] = {}
 
     def wants(self, kind: str) -> bool:
         return kind in self.by_kind
@@ -154,7 +208,9 @@ class AppWebhooks:
     def tracks_members(self) -> bool:
         return "member_added" in self.by_kind or "member_removed" in self.by_kind
 
-    def emit(self, item: Item, now: float | None = None) -> None:
+    def emit(self, item: Item, now: float | None = None, cause: str | None = None) -> None:
+        """Queue `item` for every URL that wants it; `cause` is the socket id of the connection
+        whose action decided it (None: the server or another replica)."""
         targets = self.by_kind.get(item["name"])
         if not targets:
             return
@@ -162,32 +218,36 @@ class AppWebhooks:
         when = time.monotonic() if now is None else now
         for target in targets:
             if target.hook.accepts(channel):
-                target.offer(item, when)
+                target.offer(item, when, cause)
 
     # Decisions (the callers decide cluster-wide facts; see scaling.cluster) ----------------
 
-    def channel_occupied(self, channel: str) -> None:
+    def channel_occupied(self, channel: str, cause: str | None = None) -> None:
         if self.delayed.pop(("channel_vacated", channel, ""), None) is None:
-            self.emit({"name": "channel_occupied", "channel": channel})
+            self.emit({"name": "channel_occupied", "channel": channel}, cause=cause)
 
-    def channel_vacated(self, channel: str, now: float) -> None:
+    def channel_vacated(self, channel: str, now: float, cause: str | None = None) -> None:
         item = {"name": "channel_vacated", "channel": channel}
-        self._defer(("channel_vacated", channel, ""), item, now)
+        self._defer(("channel_vacated", channel, ""), item, now, cause)
 
-    def member_added(self, channel: str, user_id: Any) -> None:
+    def member_added(self, channel: str, user_id: Any, cause: str | None = None) -> None:
         key = ("member_removed", channel, str(user_id))
         if self.delayed.pop(key, None) is None:
-            self.emit({"name": "member_added", "channel": channel, "user_id": str(user_id)})
+            item = {"name": "member_added", "channel": channel, "user_id": str(user_id)}
+            self.emit(item, cause=cause)
 
-    def member_removed(self, channel: str, user_id: Any, now: float) -> None:
+    def member_removed(
+        self, channel: str, user_id: Any, now: float, cause: str | None = None
+    ) -> None:
         item = {"name": "member_removed", "channel": channel, "user_id": str(user_id)}
-        self._defer(("member_removed", channel, str(user_id)), item, now)
+        self._defer(("member_removed", channel, str(user_id)), item, now, cause)
 
-    def subscription_count(self, channel: str, count: int) -> None:
-        self.emit({"name": "subscription_count", "channel": channel, "subscription_count": count})
+    def subscription_count(self, channel: str, count: int, cause: str | None = None) -> None:
+        item = {"name": "subscription_count", "channel": channel, "subscription_count": count}
+        self.emit(item, cause=cause)
 
-    def cache_miss(self, channel: str) -> None:
-        self.emit({"name": "cache_miss", "channel": channel})
+    def cache_miss(self, channel: str, cause: str | None = None) -> None:
+        self.emit({"name": "cache_miss", "channel": channel}, cause=cause)
 
     def client_event(
         self, channel: str, event: str, data: Any, socket_id: str, user_id: Any
@@ -201,30 +261,34 @@ class AppWebhooks:
         }
         if user_id is not None:
             item["user_id"] = str(user_id)
-        self.emit(item)
+        self.emit(item, cause=socket_id)
 
-    def _defer(self, key: tuple[str, str, str], item: Item, now: float) -> None:
+    def _defer(self, key: tuple[str, str, str], item: Item, now: float, cause: str | None) -> None:
         if self.delay <= 0:
-            self.emit(item, now)
+            self.emit(item, now, cause)
             return
-        self.delayed.pop(key, None)  # re-inserted at the end: keeps insertion = due order
-        self.delayed[key] = (now + self.delay, item)
+        delayed = self.delayed
+        delayed.pop(key, None)  # re-inserted at the end: keeps insertion = due order
+        if len(delayed) >= self.delayed_limit:
+            _, oldest, oldest_cause = delayed.pop(next(iter(delayed)))
+            self.emit(oldest, now, oldest_cause)
+        delayed[key] = (now + self.delay, item, cause)
 
     def tick(self, now: float) -> None:
         """Release the delayed events that are due (called by the server's sweep)."""
         delayed = self.delayed
         while delayed:
             key = next(iter(delayed))
-            due, item = delayed[key]
+            due, item, cause = delayed[key]
             if due > now:
                 return
             del delayed[key]
-            self.emit(item, now)
+            self.emit(item, now, cause)
 
     def flush(self) -> None:
         """On shutdown: what is still delayed goes out now rather than never."""
-        for _, item in self.delayed.values():
-            self.emit(item)
+        for _, item, cause in self.delayed.values():
+            self.emit(item, cause=cause)
         self.delayed.clear()
 
 
@@ -287,9 +351,7 @@ class Webhooks:
             task = self._tasks.pop(target, None)
             if task is not None:
                 task.cancel()
-            if target.queue:
-                target.drop(len(target.queue), "the app's webhooks changed or it was removed")
-                target.queue.clear()
+            target.discard_queue("app_changed")
 
     def tick(self, now: float) -> None:
         for hooks in self.apps.values():
@@ -315,9 +377,7 @@ class Webhooks:
         if self._client is not None:
             await self._client.aclose()
         for target in self.targets():
-            if target.queue:
-                target.drop(len(target.queue), "the server stopped before they were sent")
-                target.queue.clear()
+            target.discard_queue("shutdown")
 
     async def _send_forever(self, target: Target) -> None:
         settings = self.settings
@@ -365,7 +425,7 @@ class Webhooks:
             delay = min(settings.webhook_retry_base * 2**attempt, MAX_RETRY_DELAY)
             delay *= 0.75 + random.random() / 2  # spread retries of many replicas/URLs
             if time.monotonic() + delay - first > settings.webhook_retry_for:
-                target.drop(len(items), f"receiver kept failing ({reason}); gave up")
+                target.drop(len(items), "receiver_failed")
                 return
             logger.warning(
                 "webhook for app %s failed (%s, attempt %d); retrying in %.1f s",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import hypothesis
 import pusher
 import pytest
 import websockets
@@ -125,3 +127,11 @@ async def running(start_server: ServerFactory) -> Running:
 
 def app_with(**changes: Any) -> App:
     return replace(APP, **changes)
+
+
+# Fuzzing (hypothesis): a few seconds in the suite; `HYPOTHESIS_PROFILE=long` for a long run.
+# No deadline: the machine running the suite may be loaded, and slowness is not a finding here
+# (the adversarial tests measure the server's responsiveness instead).
+hypothesis.settings.register_profile("default", max_examples=100, deadline=None)
+hypothesis.settings.register_profile("long", max_examples=20_000, deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -185,7 +185,7 @@ async def test_failing_receiver_gets_the_events_once_after_retries(
         assert len(receiver.requests) == 3  # two 500s, then the one that counted
         assert len({request.body for request in receiver.requests}) == 1  # the same body
         (target,) = running.server.webhooks.targets()
-        assert (target.delivered, target.failed_attempts, target.dropped) == (2, 2, 0)
+        assert (target.delivered, target.failed_attempts, target.dropped_total) == (2, 2, 0)
     finally:
         receiver.close()
 
@@ -240,7 +240,7 @@ async def test_dead_receiver_costs_bounded_memory_and_never_delays_delivery(
     await watcher.expect("alert", timeout=1)
     (target,) = running.server.webhooks.targets()
     assert len(target.queue) <= 5
-    assert target.dropped >= 70  # 81 events, one request in flight, 5 queued
+    assert target.dropped_total >= 70  # 81 events, one request in flight, 5 queued
     assert "dropped" in caplog.text
     assert dead not in caplog.text and running.app.secret not in caplog.text
 

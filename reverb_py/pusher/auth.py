@@ -98,11 +98,12 @@ def verify_api_request(
         raise ApiAuthError("Unknown auth_key")
     if values.get("auth_version", "1.0") != "1.0":
         raise ApiAuthError("Unsupported auth_version (expected 1.0)")
-    try:
-        timestamp = int(values.get("auth_timestamp", ""))
-    except ValueError:
-        raise ApiAuthError("Missing or invalid auth_timestamp") from None
-    if abs(now - timestamp) > TIMESTAMP_WINDOW_SECONDS:
+    # Plain ASCII digits only, and few of them: int() also takes "1_0", "+1" and other
+    # scripts' digits, and a 400-digit timestamp overflowed the float subtraction (a 500).
+    text = values.get("auth_timestamp", "")
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        raise ApiAuthError("Missing or invalid auth_timestamp")
+    if abs(now - int(text)) > TIMESTAMP_WINDOW_SECONDS:
         raise ApiAuthError(
             f"Timestamp expired: auth_timestamp must be within {TIMESTAMP_WINDOW_SECONDS} "
             "seconds of the server time"

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from reverb_py.config import App
 from reverb_py.hub import AppHub
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
@@ -142,7 +143,7 @@ class HttpApi:
     # Publishing --------------------------------------------------------------------------
 
     def _events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
-        event = self._parse_event(hub, _json_body(request), allow_channels=True)
+        event = parse_event(hub.app, _json_body(request), allow_channels=True)
         self._publish(hub, event)
         if not event.info:
             return _EMPTY
@@ -151,13 +152,7 @@ class HttpApi:
         )
 
     def _batch_events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
-        body = _json_body(request)
-        batch = body.get("batch")
-        if not isinstance(batch, list) or not batch:
-            raise ApiError(400, "batch must be a non-empty list of events")
-        if len(batch) > hub.app.max_batch_size:
-            raise ApiError(400, f"Cannot batch more than {hub.app.max_batch_size} events")
-        events = [self._parse_event(hub, item, allow_channels=False) for item in batch]
+        events = parse_batch(hub.app, _json_body(request))
         for event in events:
             self._publish(hub, event)
         if not any(event.info for event in events):
@@ -166,53 +161,6 @@ class HttpApi:
             200,
             {"batch": [self._info(hub, e.channels[0], e.info) if e.info else {} for e in events]},
         )
-
-    def _parse_event(self, hub: AppHub, body: Any, *, allow_channels: bool) -> Event:
-        app = hub.app
-        if not isinstance(body, dict):
-            raise ApiError(400, "Each event must be a JSON object")
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "name is required")
-        if len(name) > app.max_event_name_length:
-            raise ApiError(400, f"Event name is longer than {app.max_event_name_length}")
-        if "data" not in body:
-            raise ApiError(400, "data is required")
-        data = body["data"]
-        if not isinstance(data, str):
-            data = orjson.dumps(data).decode()
-        size = len(data) if data.isascii() else len(data.encode())  # isascii is O(1)
-        if size > app.max_event_data_size:
-            raise ApiError(413, f"Event data is larger than {app.max_event_data_size} bytes")
-        channels = body.get("channels") if allow_channels else None
-        if channels is None:
-            channel = body.get("channel")
-            if not isinstance(channel, str):
-                raise ApiError(400, "channel or channels is required")
-            channels = [channel]
-        if not isinstance(channels, list) or not channels:
-            raise ApiError(400, "channels must be a non-empty list")
-        if len(channels) > app.max_event_channels:
-            raise ApiError(400, f"Cannot trigger on more than {app.max_event_channels} channels")
-        for channel in channels:
-            if not isinstance(channel, str) or not valid_channel_name(
-                channel, app.max_channel_name_length
-            ):
-                raise ApiError(400, f"Invalid channel name: {str(channel)[:200]!r}")
-        if len(channels) > 1 and any(
-            channel_type(c).kind is ChannelKind.ENCRYPTED for c in channels
-        ):
-            raise ApiError(400, "Encrypted channels cannot be triggered with other channels")
-        socket_id = body.get("socket_id")
-        if socket_id is not None and (
-            not isinstance(socket_id, str) or not _SOCKET_ID.fullmatch(socket_id)
-        ):
-            raise ApiError(400, "socket_id must look like 123.456")
-        info = body.get("info")
-        if info is not None and not isinstance(info, str):
-            raise ApiError(400, "info must be a comma-separated string")
-        attributes = tuple(a.strip() for a in info.split(",") if a.strip()) if info else ()
-        return Event(name, data, tuple(channels), socket_id, attributes)
 
     def _publish(self, hub: AppHub, event: Event) -> None:
         for channel in event.channels:
@@ -276,6 +224,69 @@ class HttpApi:
     def _terminate(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
         hub.terminate_user(unquote(route[1]))
         return _EMPTY
+
+
+def parse_batch(app: App, body: Any) -> list[Event]:
+    """The events of a `batch_events` body (any decoded JSON); ApiError if it is not valid."""
+    batch = body.get("batch") if isinstance(body, dict) else None
+    if not isinstance(batch, list) or not batch:
+        raise ApiError(400, "batch must be a non-empty list of events")
+    if len(batch) > app.max_batch_size:
+        raise ApiError(400, f"Cannot batch more than {app.max_batch_size} events")
+    return [parse_event(app, item, allow_channels=False) for item in batch]
+
+
+def parse_event(app: App, body: Any, *, allow_channels: bool) -> Event:
+    """One event of a trigger body (any decoded JSON); ApiError if it is not valid.
+
+    Pure, so that every shape a backend could send is fuzzed without a server. `data` may be
+    any JSON value, as soketi accepts (Pusher and Reverb want a string): a non-string is sent
+    as its JSON text."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "Each event must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "name is required and must be a string")
+    if len(name) > app.max_event_name_length:
+        raise ApiError(400, f"Event name is longer than {app.max_event_name_length}")
+    if "data" not in body:
+        raise ApiError(400, "data is required")
+    data = body["data"]
+    if not isinstance(data, str):
+        encoded = messages.encode_nested(data, 0)
+        if encoded is None:
+            raise ApiError(400, "data is nested too deeply")
+        data = encoded.decode()
+    size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))  # O(1) if ASCII
+    if size > app.max_event_data_size:
+        raise ApiError(413, f"Event data is larger than {app.max_event_data_size} bytes")
+    channels = body.get("channels") if allow_channels else None
+    if channels is None:
+        channel = body.get("channel")
+        if not isinstance(channel, str):
+            raise ApiError(400, "channel or channels is required")
+        channels = [channel]
+    if not isinstance(channels, list) or not channels:
+        raise ApiError(400, "channels must be a non-empty list")
+    if len(channels) > app.max_event_channels:
+        raise ApiError(400, f"Cannot trigger on more than {app.max_event_channels} channels")
+    for channel in channels:
+        if not isinstance(channel, str):
+            raise ApiError(400, "channels must be a list of channel names (strings)")
+        if not valid_channel_name(channel, app.max_channel_name_length):
+            raise ApiError(400, f"Invalid channel name: {channel[:200]!r}")
+    if len(channels) > 1 and any(channel_type(c).kind is ChannelKind.ENCRYPTED for c in channels):
+        raise ApiError(400, "Encrypted channels cannot be triggered with other channels")
+    socket_id = body.get("socket_id")
+    if socket_id is not None and (
+        not isinstance(socket_id, str) or not _SOCKET_ID.fullmatch(socket_id)
+    ):
+        raise ApiError(400, "socket_id must look like 123.456")
+    info = body.get("info")
+    if info is not None and not isinstance(info, str):
+        raise ApiError(400, "info must be a comma-separated string")
+    attributes = tuple(a.strip() for a in info.split(",") if a.strip()) if info else ()
+    return Event(name, data, tuple(channels), socket_id, attributes)
 
 
 def _json_body(request: HttpRequest) -> Any:

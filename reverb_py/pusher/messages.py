@@ -36,12 +36,17 @@ class ErrorCode(IntEnum):
 
 
 class ProtocolViolation(Exception):
-    """A client frame that cannot be handled; answered with pusher:error, never a crash."""
+    """A client frame that cannot be handled; answered with pusher:error, never a crash.
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.RECONNECT) -> None:
+    `reason` labels the refusal in metrics, so it must come from a short fixed set."""
+
+    def __init__(
+        self, message: str, code: ErrorCode = ErrorCode.RECONNECT, reason: str = "invalid_message"
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 class ClientMessage(NamedTuple):
@@ -77,6 +82,20 @@ def parse_client_message(raw: bytes) -> ClientMessage:
         except orjson.JSONDecodeError:
             raise ProtocolViolation("Invalid message format: data is not valid JSON") from None
     return ClientMessage(event, data, channel)
+
+
+def encode_nested(value: Any, headroom: int) -> bytes | None:
+    """`value` as JSON, or None when it nests too deeply for the server to wrap it in
+    `headroom` more containers later. orjson decodes up to 1024 levels but encodes at most 254,
+    so a client value that decoded fine could otherwise fail in every frame built around it."""
+    wrapped = value
+    for _ in range(headroom):
+        wrapped = [wrapped]
+    try:
+        encoded = orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return None
+    return encoded[headroom : len(encoded) - headroom]
 
 
 def encode_event(event: str, data: Any, channel: str | None = None, user_id: Any = None) -> bytes:

@@ -34,6 +34,9 @@ frame_logger = logging.getLogger("reverb_py.frames")
 
 _PUSHER_PING_FRAME = text_frame(messages.PING)
 MAX_WATCHLIST = 100  # Pusher's limit; beyond it the first 100 ids are kept (error 4302)
+# Containers the server may later wrap around a member's user_info (roster frame, Redis
+# snapshot): a user_info nested deeper could not be encoded there (see encode_nested).
+USER_INFO_HEADROOM = 16
 
 
 class Socket(Protocol):
@@ -113,9 +116,17 @@ class Session:
                 raise ProtocolViolation("Binary frames are not supported; send JSON text frames")
             self._handle(messages.parse_client_message(data))
         except ProtocolViolation as violation:
+            stats.message_rejected(violation.reason)
             self._send(messages.error(violation.code, violation.message))
-        except Exception:
-            logger.exception("unexpected error handling a message on %s", self.socket_id)
+        except Exception as exc:  # a bug; the client must not be able to turn it into a flood
+            stats.message_rejected("internal_error")
+            self.hub.refusal_log.warning(
+                "internal_error",
+                "unexpected %s handling a message for app %s: %s",
+                type(exc).__name__,
+                self.app.id,
+                str(exc)[:200],
+            )
             self._send(messages.error(ErrorCode.RECONNECT, "Internal server error"))
 
     def _over_message_rate(self) -> bool:
@@ -226,12 +237,28 @@ class Session:
                 f"Invalid channel name: use at most {app.max_channel_name_length} characters "
                 "from A-Z a-z 0-9 _ - = @ , . ;",
                 4009,
+                "invalid_channel",
             )
             return
         if name in self.channels:
             self._send(messages.error(None, f"Existing subscription to channel {name}"))
             return
+        if len(self.channels) >= app.max_subscriptions_per_connection:
+            self._limit_reached(
+                name,
+                "subscriptions_per_connection",
+                "Subscription limit reached: at most "
+                f"{app.max_subscriptions_per_connection} channels per connection",
+            )
+            return
         kind = channel_type(name)
+        if not kind.needs_auth and self.hub.would_exceed_public_channels(name):
+            self._limit_reached(
+                name,
+                "public_channels",
+                f"Channel limit reached: at most {app.max_public_channels} public channels",
+            )
+            return
         if kind.kind is ChannelKind.SERVER_TO_USER:
             self._subscribe_user_channel(name)
             return
@@ -255,14 +282,14 @@ class Session:
                     "AuthError",
                     f"Invalid signature: expected HMAC SHA256 hex digest of {signed}",
                     401,
+                    "auth",
                 )
                 return
             if member is not None and self.hub.would_exceed_members(name, member[0]):
-                self._refuse(
+                self._limit_reached(
                     name,
-                    "LimitReached",
+                    "presence_members",
                     f"Presence channel is full ({app.max_presence_members} members)",
-                    ErrorCode.OVER_CAPACITY,
                 )
                 return
         self.hub.join(self, name, member)
@@ -270,22 +297,22 @@ class Session:
         self._send(messages.subscription_succeeded(name, presence))
         if kind.cached:
             self._replay_cache(name)
-        self.hub.subscribed(name)
+        self.hub.subscribed(name, self.socket_id)
 
     def _presence_member(self, name: str, channel_data: Any) -> tuple[Any, Any] | None:
         """Validate presence channel_data; answers the refusal itself and returns None."""
         app = self.app
         if not isinstance(channel_data, str):
-            self._refuse(name, "AuthError", "Presence channels need channel_data", 401)
+            self._refuse(name, "AuthError", "Presence channels need channel_data", 401, "auth")
             return None
         try:
             parsed = orjson.loads(channel_data)
         except orjson.JSONDecodeError:
-            self._refuse(name, "InvalidData", "channel_data is not valid JSON", 400)
+            self._refuse(name, "InvalidData", "channel_data is not valid JSON", 400, "invalid_data")
             return None
         user_id = parsed.get("user_id") if isinstance(parsed, dict) else None
         if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
-            self._refuse(name, "InvalidData", "channel_data needs a user_id", 400)
+            self._refuse(name, "InvalidData", "channel_data needs a user_id", 400, "invalid_data")
             return None
         if len(str(user_id)) > app.max_user_id_length:
             self._refuse(
@@ -293,15 +320,19 @@ class Session:
                 "LimitReached",
                 f"user_id is longer than {app.max_user_id_length} characters",
                 400,
+                "user_id_length",
             )
             return None
         user_info = parsed.get("user_info")
-        if len(orjson.dumps(user_info)) > app.max_presence_user_info_size:
+        encoded = messages.encode_nested(user_info, USER_INFO_HEADROOM)
+        if encoded is None or len(encoded) > app.max_presence_user_info_size:
             self._refuse(
                 name,
                 "LimitReached",
-                f"user_info is larger than {app.max_presence_user_info_size} bytes",
+                f"user_info is larger than {app.max_presence_user_info_size} bytes "
+                "or nested too deeply",
                 400,
+                "user_info_size",
             )
             return None
         return user_id, user_info
@@ -309,7 +340,7 @@ class Session:
     def _subscribe_user_channel(self, name: str) -> None:
         user_id = name[len(SERVER_TO_USER_PREFIX) :]
         if self.user_id != user_id:
-            self._refuse(name, "AuthError", "Sign in as this user to subscribe", 401)
+            self._refuse(name, "AuthError", "Sign in as this user to subscribe", 401, "auth")
             return
         self.channels[name] = None
         self._send(messages.subscription_succeeded(name))
@@ -320,10 +351,20 @@ class Session:
             self._send(entry.payload)
         else:
             self._send(messages.cache_miss(name))
-            self.hub.hooks.cache_miss(name)
+            self.hub.hooks.cache_miss(name, self.socket_id)
 
-    def _refuse(self, channel: str, kind: str, message: str, status: int) -> None:
+    def _refuse(self, channel: str, kind: str, message: str, status: int, reason: str) -> None:
+        """Refuse one subscription; `reason` is its metrics label (a short fixed name)."""
+        self.stats.subscription_refused(reason)
         self._send(messages.subscription_error(channel, kind, message, int(status)))
+
+    def _limit_reached(self, channel: str, reason: str, message: str) -> None:
+        """A cap on what clients can make the server hold: refused with 4100 (back off, as
+        pusher-js does for over-capacity) and logged, rate-limited per app and cap."""
+        self.hub.refusal_log.warning(
+            reason, "app %s: refused a subscription: %s", self.app.id, message
+        )
+        self._refuse(channel, "LimitReached", message, ErrorCode.OVER_CAPACITY, reason)
 
     def _unsubscribe(self, data: Any) -> None:
         if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
@@ -424,7 +465,12 @@ class Session:
             channel = self.hub.channels.get(name)
             record = channel.members.get(member_key) if channel and channel.members else None
             user_id = record.user_id if record is not None else member_key
-        payload = messages.encode_event(message.event, message.data, name, user_id)
+        try:
+            payload = messages.encode_event(message.event, message.data, name, user_id)
+        except orjson.JSONEncodeError:
+            raise self._rejected(
+                "invalid_data", "Invalid message format: data is nested too deeply"
+            ) from None
         self.stats.client_events += 1
         self.hub.broadcast(name, payload, except_socket_id=self.socket_id)
         hooks = self.hub.hooks
@@ -437,4 +483,4 @@ class Session:
         """Count a refused client event by a short reason (a metrics label) and build the error
         the client gets."""
         self.stats.client_event_rejected(reason)
-        return ProtocolViolation(message, code)
+        return ProtocolViolation(message, code, "client_event")
