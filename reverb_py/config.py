@@ -211,6 +211,7 @@ class Settings:
     apps_database_url: str | None = field(default=None, repr=False)  # may hold a password
     apps_database_table: str = "apps"
     apps_database_poll_interval: float = 2.0
+    address_file: str | None = None
     apps: tuple[App, ...] = ()
     generated_app: bool = False
     # With a generated app: the Reverb-looking variables that were set anyway (names only),
@@ -471,6 +472,7 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
         "REVERB_APPS_DATABASE_POLL_INTERVAL",
         _to_positive_float,
     ),
+    "address_file": ("REVERB_ADDRESS_FILE", _to_str),
 }
 
 # Laravel's Redis connection variables and reverb-py's own for Sentinel, Cluster and TLS files;

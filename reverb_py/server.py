@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Collection, Coroutine
 from typing import Any
 
+from reverb_py.address_file import remove_address_file, write_address_file
 from reverb_py.apps.store import app_store
 from reverb_py.config import App, ConfigError, Settings
 from reverb_py.logs import counted
@@ -154,6 +155,7 @@ class Server:
         self._sweeper = loop.create_task(
             self._sweep_forever(sweep_interval(settings, self.store.apps.values()))
         )
+        write_address_file(settings, self.port)
 
     async def _sweep_forever(self, interval: float) -> None:
         while True:
@@ -259,6 +261,7 @@ class Server:
                 await step()
             except Exception:
                 logger.exception("stopping: %s failed; going on", step.__name__)
+        remove_address_file(self.settings)
         self._stopped.set()
 
     async def _close_connections(self) -> None:

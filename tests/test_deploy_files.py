@@ -317,7 +317,12 @@ def test_dockerfile_runs_reverb_py_start_as_non_root() -> None:
 def test_dockerfile_exposes_the_port_kubernetes_and_compose_use(
     k8s: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
-    exposed = {int(a.split("/")[0]) for k, a in _final_stage(_dockerfile()) if k == "EXPOSE"}
+    exposed = {
+        int(port.split("/")[0])
+        for keyword, arguments in _final_stage(_dockerfile())
+        if keyword == "EXPOSE"
+        for port in arguments.split()
+    }
     container_port = _container_port(_container(_server_deployment(k8s)), "http")
     assert container_port in exposed, f"EXPOSE {exposed} vs containerPort {container_port}"
     for name, service in _reverb_services(_compose()).items():
@@ -385,7 +390,11 @@ def _load_healthcheck() -> ModuleType:
 
 
 def test_healthcheck_probes_where_the_server_listens() -> None:
-    probe_url = _load_healthcheck().probe_url
+    healthcheck = _load_healthcheck()
+
+    def probe_url(env: dict[str, str], path: str = "/up") -> str:
+        return healthcheck.probe_url(healthcheck.address_from_env(env), path)
+
     assert probe_url({}) == "http://127.0.0.1:8080/up"
     assert probe_url({"REVERB_SERVER_HOST": "0.0.0.0", "REVERB_SERVER_PORT": "9000"}) == (
         "http://127.0.0.1:9000/up"
@@ -397,6 +406,28 @@ def test_healthcheck_probes_where_the_server_listens() -> None:
         "https://127.0.0.1:8080/ready"
     )
     assert probe_url({"REVERB_SERVER_PATH": "/reverb/"}) == "http://127.0.0.1:8080/reverb/up"
+
+
+def test_healthcheck_prefers_the_address_file_and_falls_back_to_the_environment(
+    tmp_path: Path,
+) -> None:
+    healthcheck = _load_healthcheck()
+    file = tmp_path / "address.json"
+    env = {"REVERB_ADDRESS_FILE": str(file), "REVERB_SERVER_PORT": "9000"}
+    assert healthcheck.probe_url(healthcheck.find_address(env)) == "http://127.0.0.1:9000/up"
+    file.write_text('{"host": "::", "port": 9100, "path": "/reverb", "tls": true}')
+    assert healthcheck.probe_url(healthcheck.find_address(env)) == (
+        "https://127.0.0.1:9100/reverb/up"
+    )
+    # Anything else than the server's own record is ignored, never trusted half-way.
+    for garbage in (
+        "{",
+        "[]",
+        '{"host": "::", "port": "9100", "path": "", "tls": false}',
+        "x" * 9000,
+    ):
+        file.write_text(garbage)
+        assert healthcheck.find_address(env).port == 9000, garbage
 
 
 @pytest.fixture

@@ -5,46 +5,87 @@ the container. It uses only the standard library because the slim runtime image 
 wget, and it deliberately does not import reverb_py: a check that runs every few seconds should
 cost a bare interpreter start, not the server's import graph.
 
-It reads the same environment the server does, so it probes the port and scheme the server
-actually listens on:
+It finds the server wherever it was configured:
 
-- REVERB_SERVER_PORT (default 8080);
-- REVERB_SERVER_HOST: a wildcard bind (0.0.0.0, ::, empty) is probed on loopback, a specific
-  address is probed on that address;
-- REVERB_SERVER_PATH: the server serves /up under its path prefix, like every other route;
-- REVERB_TLS_CERT: when set the server speaks TLS itself, so the probe uses https. The
-  certificate is issued for the public hostname, not for loopback, so it is not verified; this
-  checks liveness, not the certificate.
+- first from the address file the server writes once it listens (REVERB_ADDRESS_FILE, which
+  the image sets to /tmp/reverb-py/address.json): host, bound port, path prefix and TLS as the
+  server resolved them from flags, --env-file, --config and the environment together;
+- before that file exists (start-up) or where it is not used, from the environment the server
+  reads: REVERB_SERVER_HOST, REVERB_SERVER_PORT (default 8080), REVERB_SERVER_PATH and
+  REVERB_TLS_CERT.
+
+A wildcard bind (0.0.0.0, ::, empty) is probed on loopback, a specific address on that address.
+The server serves /up under its path prefix, like every other route. With TLS the probe uses
+https without verifying the certificate (issued for the public hostname, not for loopback):
+this checks liveness, not the certificate.
 
 An optional first argument replaces the path (default /up), e.g. `healthcheck.py /ready`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import sys
 import urllib.error
 import urllib.request
+from typing import NamedTuple
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]", "*"}
 TIMEOUT_SECONDS = 3.0
+ADDRESS_FILE_MAX_BYTES = 4096
 
 
-def probe_url(env: dict[str, str], path: str = "/up") -> str:
-    """Build the URL to probe from the server's own settings, so both always agree."""
-    host = env.get("REVERB_SERVER_HOST", "0.0.0.0").strip()
+class Address(NamedTuple):
+    host: str
+    port: int
+    path: str
+    tls: bool
+
+
+def address_from_env(env: dict[str, str]) -> Address:
+    port = env.get("REVERB_SERVER_PORT", "").strip() or "8080"
+    return Address(
+        host=env.get("REVERB_SERVER_HOST", "0.0.0.0").strip(),
+        port=int(port) if port.isdigit() else 8080,
+        path=env.get("REVERB_SERVER_PATH", "").strip(),
+        tls=bool(env.get("REVERB_TLS_CERT", "").strip()),
+    )
+
+
+def address_from_file(file: str) -> Address | None:
+    """The server's own record of where it listens; None when absent or not understood."""
+    try:
+        with open(file, "rb") as handle:
+            record = json.loads(handle.read(ADDRESS_FILE_MAX_BYTES))
+        address = Address(record["host"], record["port"], record["path"], record["tls"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    types_ok = isinstance(address.host, str) and isinstance(address.path, str)
+    if not types_ok or type(address.port) is not int or type(address.tls) is not bool:
+        return None
+    return address
+
+
+def find_address(env: dict[str, str]) -> Address:
+    file = env.get("REVERB_ADDRESS_FILE", "").strip()
+    return (address_from_file(file) if file else None) or address_from_env(env)
+
+
+def probe_url(address: Address, path: str = "/up") -> str:
+    """The URL to probe, from the server's own settings, so both always agree."""
+    host = address.host
     if host in WILDCARD_HOSTS:
         host = "127.0.0.1"
     host = host.strip("[]")
     if ":" in host:  # a literal IPv6 address needs brackets in a URL
         host = f"[{host}]"
-    port = env.get("REVERB_SERVER_PORT", "").strip() or "8080"
-    scheme = "https" if env.get("REVERB_TLS_CERT", "").strip() else "http"
-    prefix = env.get("REVERB_SERVER_PATH", "").strip().strip("/")
+    scheme = "https" if address.tls else "http"
+    prefix = address.path.strip("/")
     if prefix:
         path = f"/{prefix}{path}"
-    return f"{scheme}://{host}:{port}{path}"
+    return f"{scheme}://{host}:{address.port}{path}"
 
 
 def check(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
@@ -68,7 +109,7 @@ def check(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
 
 def main(argv: list[str]) -> int:
     path = argv[1] if len(argv) > 1 else "/up"
-    healthy, reason = check(probe_url(dict(os.environ), path))
+    healthy, reason = check(probe_url(find_address(dict(os.environ)), path))
     if not healthy:
         print(reason, file=sys.stderr)
         return 1
