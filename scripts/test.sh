@@ -21,6 +21,15 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
+# The container tests (marker `container`): rootful podman with runc (crun refuses this host's
+# cgroup layout), its network stack (netavark needs iptables; aardvark-dns resolves compose
+# service names), podman-compose, and debootstrap for the stand-in base images.
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v podman-compose >/dev/null 2>&1 || missing+=(podman-compose)
+[ -x /usr/lib/podman/netavark ] || missing+=(netavark aardvark-dns)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   # Only what is listed: recommended packages would pull in ~100 more, daemons included.
@@ -68,9 +77,14 @@ if ! mariadb -h 127.0.0.1 -u root -e "CREATE DATABASE IF NOT EXISTS test" 2>/dev
     GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test"
 fi
 
-# Python: the package itself plus the test extras, in a project-local virtualenv.
+# Python: the locked dependencies (exact versions, hashes checked; refresh with
+# scripts/lock.sh), then the package itself, editable and built offline with the locked
+# setuptools, in a project-local virtualenv.
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+  -r requirements-test.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  -e .
 
 # Node packages for the interop and browser tests (pinned by their lock files).
 for dir in tests/interop examples/panic-alerts; do
