@@ -1,0 +1,285 @@
+"""The container image, built from the repository's Dockerfile and run with rootful podman.
+
+Every container runs the way deploy/kubernetes runs the pods: as the image's non-root user,
+with a read-only root filesystem and no capabilities. Clients reach it as real clients do,
+through the port published on 127.0.0.1: the `pusher` SDK signs triggers, `websockets`
+subscribes. Where podman cannot run at all, every test here is skipped with the reason.
+
+The image is built on a stand-in for python:3.12-slim-bookworm (see tests/containers.py: no
+registry is reachable); its size is printed, with the part reverb-py adds to the base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pusher
+import pytest
+import websockets
+
+from tests import containers
+from tests.conftest import PusherSocket
+from tests.replicas import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.container
+
+IMAGE = "localhost/reverb-py:test"
+APP_ID, APP_KEY, APP_SECRET = "100200", "container-key", "container-secret"
+APP_ENV = {"REVERB_APP_ID": APP_ID, "REVERB_APP_KEY": APP_KEY, "REVERB_APP_SECRET": APP_SECRET}
+# The posture of deploy/kubernetes/deployment.yaml and deploy/compose.yaml.
+LOCKED_DOWN = ("--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges")
+INSTALLED_VERSIONS = (
+    "import importlib.metadata as m; "
+    "print('\\n'.join(sorted(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions())))"
+)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def image(request: pytest.FixtureRequest) -> str:
+    reason = containers.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"podman cannot run containers here: {reason}")
+    started = time.monotonic()
+    containers.build_image(IMAGE)
+    size = containers.image_size(IMAGE)
+    base = containers.image_size(containers.BASE_IMAGE)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                f"\ncontainer image {IMAGE}: {_megabytes(size)} (built in "
+                f"{time.monotonic() - started:.0f} s); stand-in base {_megabytes(base)}; "
+                f"reverb-py adds {_megabytes(size - base)} to the base"
+            )
+    return IMAGE
+
+
+@dataclass
+class Container:
+    name: str
+    port: int
+    mounts: list[Path] = field(default_factory=list)
+
+    def exec(self, *command: str) -> str:
+        return containers.podman("exec", self.name, *command).stdout
+
+    def healthcheck(self) -> tuple[int, str]:
+        result = containers.podman("healthcheck", "run", self.name, check=False, timeout=60)
+        return result.returncode, (result.stdout + result.stderr).strip()
+
+    def inspect(self, template: str) -> str:
+        return containers.podman("inspect", "--format", template, self.name).stdout.strip()
+
+    def logs(self) -> str:
+        result = containers.podman("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def sdk(self) -> pusher.Pusher:
+        return pusher.Pusher(
+            app_id=APP_ID,
+            key=APP_KEY,
+            secret=APP_SECRET,
+            host="127.0.0.1",
+            port=self.port,
+            ssl=False,
+        )
+
+    async def connect(self) -> PusherSocket:
+        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/app/{APP_KEY}?protocol=7")
+        established = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert established["event"] == "pusher:connection_established", established
+        return PusherSocket(ws, json.loads(established["data"])["socket_id"])
+
+
+class Runner:
+    """Starts locked-down containers of the image and removes them after the test."""
+
+    def __init__(self, image: str, tmp_path: Path) -> None:
+        self.image = image
+        self.tmp_path = tmp_path
+        self.started: list[str] = []
+
+    def run(
+        self,
+        *command: str,
+        env: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
+        port: int = 8080,
+    ) -> Container:
+        """Run `reverb-py COMMAND...`; `files` are mounted read-only under /app."""
+        name = f"reverb-py-test-{secrets.token_hex(4)}"
+        host_port = free_port()
+        args = ["run", "--detach", "--name", name, *LOCKED_DOWN]
+        args += ["--publish", f"127.0.0.1:{host_port}:{port}"]
+        for variable, value in (env or {}).items():
+            args += ["--env", f"{variable}={value}"]
+        for filename, text in (files or {}).items():
+            source = self.tmp_path / filename
+            source.write_text(text)
+            args += ["--volume", f"{source}:/app/{filename}:ro"]
+        containers.podman(*args, self.image, *command)
+        self.started.append(name)
+        container = Container(name, host_port)
+        try:
+            wait_for(f"http://127.0.0.1:{host_port}/ready", timeout=60)
+        except TimeoutError:
+            pytest.fail(f"container {name} never became ready:\n{container.logs()[-3000:]}")
+        return container
+
+    def remove_all(self) -> None:
+        for name in self.started:
+            containers.podman("rm", "--force", "--time", "0", name, check=False)
+
+
+@pytest.fixture
+def runner(image: str, tmp_path: Path) -> Iterator[Runner]:
+    runner = Runner(image, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.remove_all()
+
+
+async def _trigger_reaches_a_subscriber(container: Container) -> None:
+    """A signed trigger through the published port reaches a WebSocket subscriber there."""
+    subscriber = await container.connect()
+    try:
+        answer = await subscriber.subscribe("alerts")
+        assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+        sdk = container.sdk()
+        await asyncio.to_thread(sdk.trigger, "alerts", "panic", {"unit": "12B"})
+        message = await subscriber.expect("panic", timeout=10)
+        assert json.loads(message["data"]) == {"unit": "12B"}
+    finally:
+        await subscriber.close()
+
+
+async def test_serves_health_and_triggers_as_a_locked_down_non_root_user(
+    runner: Runner,
+) -> None:
+    container = runner.run("start", env=APP_ENV)
+    for path, body in (("/up", {"health": "OK"}), ("/ready", {"ready": True})):
+        with urllib.request.urlopen(f"http://127.0.0.1:{container.port}{path}") as response:
+            assert response.status == 200
+            assert json.loads(response.read()).items() >= body.items()
+    assert container.exec("id", "-u").strip() == "10001"
+    status = container.exec("cat", "/proc/1/status")
+    capabilities = {
+        line.split(":")[0]: int(line.split()[1], 16)
+        for line in status.splitlines()
+        if line.startswith("Cap")
+    }
+    assert capabilities and not any(capabilities.values()), capabilities
+    assert container.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    write = containers.podman("exec", container.name, "touch", "/opt/venv/x", check=False)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    await _trigger_reaches_a_subscriber(container)
+
+
+def test_healthcheck_is_healthy_and_unhealthy_when_the_server_does_not_answer(
+    runner: Runner,
+) -> None:
+    container = runner.run("start", env=APP_ENV)
+    assert container.healthcheck()[0] == 0
+    # SIGSTOP from outside (signals from inside the container's PID namespace cannot stop its
+    # init): the port still accepts connections, but nothing answers them.
+    containers.podman("kill", "--signal", "STOP", container.name)
+    try:
+        status, output = container.healthcheck()
+        assert status == 1 and "unhealthy" in output, output
+    finally:
+        containers.podman("kill", "--signal", "CONT", container.name)
+    assert container.healthcheck()[0] == 0
+
+
+LARAVEL_ENV = f"""APP_NAME="Tavira"
+BROADCAST_CONNECTION=reverb
+REVERB_APP_ID="{APP_ID}"
+REVERB_APP_KEY="{APP_KEY}"
+REVERB_APP_SECRET='{APP_SECRET}'
+REVERB_SERVER_PORT="9001"
+VITE_REVERB_APP_KEY="${{REVERB_APP_KEY}}"
+"""
+
+
+@pytest.mark.parametrize("way", ["flag", "env-file", "config", "environment"])
+async def test_healthcheck_finds_the_port_however_it_was_configured(
+    runner: Runner, way: str
+) -> None:
+    """Port 9001 set four ways. The env-file way is the documented way to run the image with
+    a Laravel .env (quoted values, which `docker run --env-file` would keep as part of the
+    value): mounted, and read by reverb-py's own --env-file."""
+    if way == "flag":
+        container = runner.run("start", "--port", "9001", env=APP_ENV, port=9001)
+    elif way == "env-file":
+        files = {".env": LARAVEL_ENV}
+        container = runner.run("start", "--env-file", "/app/.env", files=files, port=9001)
+    elif way == "config":
+        toml = (
+            "[server]\nport = 9001\n\n"
+            f'[[apps]]\nid = "{APP_ID}"\nkey = "{APP_KEY}"\nsecret = "{APP_SECRET}"\n'
+        )
+        files = {"reverb.toml": toml}
+        container = runner.run("start", "--config", "/app/reverb.toml", files=files, port=9001)
+    else:
+        container = runner.run("start", env={**APP_ENV, "REVERB_SERVER_PORT": "9001"}, port=9001)
+    assert container.healthcheck()[0] == 0
+    await _trigger_reaches_a_subscriber(container)
+
+
+async def test_stop_drains_every_client_with_4200_and_exits_0(runner: Runner) -> None:
+    container = runner.run("start", env={**APP_ENV, "REVERB_DRAIN_SECONDS": "2"})
+    clients = [await container.connect() for _ in range(5)]
+    # Longer than the drain window plus the close handshakes' 5 s: a SIGKILL would show as 137.
+    stop = asyncio.create_task(
+        asyncio.to_thread(containers.podman, "stop", "--time", "30", container.name)
+    )
+    codes = []
+    for client in clients:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # a pusher:error frame with the same code comes first
+                await asyncio.wait_for(client.ws.recv(), 30)
+        assert closed.value.rcvd is not None, "closed without a close frame"
+        codes.append(closed.value.rcvd.code)
+    await stop
+    assert codes == [4200] * len(clients)
+    assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()[-3000:]
+    assert "drain finished" in container.logs()
+
+
+def test_two_builds_of_one_commit_install_the_same_versions(image: str) -> None:
+    """The second build ignores every cached layer, so pip resolves and downloads again: only
+    requirements.lock can make the two agree."""
+    rebuilt = f"{IMAGE}-rebuild"
+    containers.build_image(rebuilt, "--no-cache")
+    try:
+        versions = [
+            containers.podman(
+                "run", "--rm", "--entrypoint", "python", tag, "-c", INSTALLED_VERSIONS
+            ).stdout.split()
+            for tag in (image, rebuilt)
+        ]
+    finally:
+        containers.podman("rmi", "--force", rebuilt, check=False)
+    assert versions[0] == versions[1]
+    locked = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1].split()[0]
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith(" ")
+    }
+    for line in versions[0]:
+        name, version = line.split("==")
+        if name != "reverb-py":
+            assert locked[name.lower().replace("_", "-")] == version, line
