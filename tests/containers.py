@@ -34,18 +34,26 @@ HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 _CONF_DIR = Path(tempfile.gettempdir()) / "reverb-py-podman"
 
 
-def containers_conf() -> Path:
-    """A containers.conf for this host: runc, and rlimits the host allows. podman's defaults
-    (1048576 open files, 4194304 processes) are above what runc may set here; the open-files
-    limit becomes the host's hard limit, and the processes limit a modest 4096 (the server is
-    one process, and conmon here is itself capped at 32768)."""
+# podman's default rlimits (1048576 open files, 4194304 processes) are above what runc may set
+# here. Open files: the host's hard limit. Processes: a modest number (the server is one
+# process, and conmon here is itself capped at 32768). A container given any --ulimit loses
+# the defaults below, so compose services with `ulimits:` need both.
+NPROC_LIMIT = 4096
+
+
+def nofile_limit() -> int:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nofile = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+    return 1_048_576 if hard == resource.RLIM_INFINITY else hard
+
+
+def containers_conf() -> Path:
+    """A containers.conf for this host: runc, and rlimits the host allows."""
+    nofile = nofile_limit()
     _CONF_DIR.mkdir(exist_ok=True)
     path = _CONF_DIR / "containers.conf"
     path.write_text(
         "[containers]\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc=4096:4096"]\n'
+        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={NPROC_LIMIT}:{NPROC_LIMIT}"]\n'
         "[engine]\n"
         'runtime = "runc"\n'
     )
@@ -165,11 +173,18 @@ def ensure_base_image() -> None:
 def ensure_service_images() -> None:
     """Stand-ins for the redis and nginx images compose.yaml names, from Debian's packages."""
     ensure_base_image()
+    # Like the official redis image, whose entrypoint turns protected mode off when redis-server
+    # runs without a configuration file (compose's network is private; the replicas are not on
+    # loopback).
+    redis_entrypoint = (
+        '["sh", "-c", "[ \\"$1\\" = redis-server ] && set -- \\"$@\\" --protected-mode no;'
+        ' exec \\"$@\\"", "entrypoint"]'
+    )
     recipes = {
-        REDIS_IMAGE: ("redis-server", '["redis-server"]'),
-        NGINX_IMAGE: ("nginx-light", '["nginx", "-g", "daemon off;"]'),
+        REDIS_IMAGE: ("redis-server", f'ENTRYPOINT {redis_entrypoint}\nCMD ["redis-server"]'),
+        NGINX_IMAGE: ("nginx-light", 'CMD ["nginx", "-g", "daemon off;"]'),
     }
-    for image, (package, command) in recipes.items():
+    for image, (package, run) in recipes.items():
         if image_exists(image):
             continue
         with tempfile.TemporaryDirectory() as context:
@@ -177,7 +192,7 @@ def ensure_service_images() -> None:
                 f"FROM {BASE_IMAGE}\n"
                 "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
                 f" --no-install-recommends {package} >/dev/null && rm -rf /var/lib/apt/lists/*\n"
-                f"CMD {command}\n"
+                f"{run}\n"
             )
             podman("build", "--format", "docker", "-t", image, context, timeout=600)
 
@@ -196,14 +211,23 @@ def host_index_url() -> str | None:
     return value if result.returncode == 0 and value else None
 
 
+def image_id(name: str) -> str | None:
+    result = podman("image", "inspect", "--format", "{{.Id}}", name, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def build_image(tag: str, *extra: str) -> None:
-    """Build the repository's Dockerfile, unchanged, on the stand-in base."""
+    """Build the repository's Dockerfile, unchanged, on the stand-in base. The image the tag
+    named before is removed when the build replaced it, so that runs do not pile up images."""
     ensure_base_image()
+    previous = image_id(tag)
     args = ["build", "--format", "docker", "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}"]
     index = host_index_url()
     if index:
         args += ["--build-arg", f"PIP_INDEX_URL={index}"]
     podman(*args, *extra, "-t", tag, str(ROOT), timeout=900)
+    if previous is not None and previous != image_id(tag):
+        podman("rmi", previous, check=False)
 
 
 def image_size(tag: str) -> int:

@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pusher
 import pytest
 import websockets
+import yaml
 
 from tests import containers
 from tests.conftest import PusherSocket
@@ -51,6 +55,8 @@ def image(request: pytest.FixtureRequest) -> str:
     if reason is not None:
         pytest.skip(f"podman cannot run containers here: {reason}")
     started = time.monotonic()
+    # The builder stage gets a tag of its own, which keeps its pip layer cached between runs.
+    containers.build_image(f"{IMAGE}-builder", "--target", "builder")
     containers.build_image(IMAGE)
     size = containers.image_size(IMAGE)
     base = containers.image_size(containers.BASE_IMAGE)
@@ -70,7 +76,9 @@ def image(request: pytest.FixtureRequest) -> str:
 class Container:
     name: str
     port: int
-    mounts: list[Path] = field(default_factory=list)
+    app_id: str = APP_ID
+    key: str = APP_KEY
+    secret: str = APP_SECRET
 
     def exec(self, *command: str) -> str:
         return containers.podman("exec", self.name, *command).stdout
@@ -88,16 +96,16 @@ class Container:
 
     def sdk(self) -> pusher.Pusher:
         return pusher.Pusher(
-            app_id=APP_ID,
-            key=APP_KEY,
-            secret=APP_SECRET,
+            app_id=self.app_id,
+            key=self.key,
+            secret=self.secret,
             host="127.0.0.1",
             port=self.port,
             ssl=False,
         )
 
     async def connect(self) -> PusherSocket:
-        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/app/{APP_KEY}?protocol=7")
+        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/app/{self.key}?protocol=7")
         established = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert established["event"] == "pusher:connection_established", established
         return PusherSocket(ws, json.loads(established["data"])["socket_id"])
@@ -263,7 +271,7 @@ def test_two_builds_of_one_commit_install_the_same_versions(image: str) -> None:
     """The second build ignores every cached layer, so pip resolves and downloads again: only
     requirements.lock can make the two agree."""
     rebuilt = f"{IMAGE}-rebuild"
-    containers.build_image(rebuilt, "--no-cache")
+    containers.build_image(rebuilt, "--no-cache", "--layers=false")
     try:
         versions = [
             containers.podman(
@@ -283,3 +291,112 @@ def test_two_builds_of_one_commit_install_the_same_versions(image: str) -> None:
         name, version = line.split("==")
         if name != "reverb-py":
             assert locked[name.lower().replace("_", "-")] == version, line
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/compose.yaml: three replicas behind nginx, linked through Redis
+
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+
+
+def _render_compose(image: str, project: str, port: int) -> dict[str, Any]:
+    """deploy/compose.yaml as it is, but for this host: the image built above instead of a
+    build, stand-ins for the images no registry can give us here, the balancer published on a
+    free loopback port, and the rlimits this host allows (open files: not 65536)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    compose = {key: value for key, value in compose.items() if not key.startswith("x-")}
+    compose["name"] = project
+    services = compose["services"]
+    for name, service in services.items():
+        if "ulimits" in service:
+            nofile = containers.nofile_limit()
+            service["ulimits"] = {
+                "nofile": {"soft": nofile, "hard": nofile},
+                "nproc": containers.NPROC_LIMIT,
+            }
+        if name.startswith("reverb-"):
+            service.pop("build")
+            service["image"] = image
+    services["redis"]["image"] = containers.REDIS_IMAGE
+    balancer = services["lb"]
+    balancer["image"] = containers.NGINX_IMAGE
+    balancer["ports"] = [f"127.0.0.1:{port}:8080"]
+    balancer["volumes"] = [
+        str(COMPOSE.parent / volume[2:]) if volume.startswith("./") else volume
+        for volume in balancer["volumes"]
+    ]
+    return compose
+
+
+def _local_connections(container: str) -> int:
+    """reverb_connections of one replica, read inside it (compose enables /metrics)."""
+    read = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/metrics').read().decode())"
+    metrics = containers.podman("exec", container, "python", "-c", read).stdout
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith("reverb_connections{")
+    )
+
+
+async def test_compose_replicas_behind_nginx_share_events_through_redis(
+    image: str, tmp_path: Path
+) -> None:
+    if shutil.which("podman-compose") is None:
+        pytest.skip("podman-compose is not installed (scripts/test.sh installs it)")
+    containers.ensure_service_images()
+    project = f"reverb-py-test-{secrets.token_hex(4)}"
+    port = free_port()
+    rendered = tmp_path / "compose.yaml"
+    rendered.write_text(yaml.safe_dump(_render_compose(image, project, port)))
+    compose = ["podman-compose", "--project-name", project, "--file", str(rendered)]
+    environment = containers.podman_env()
+    try:
+        subprocess.run(
+            [*compose, "up", "--detach"], env=environment, capture_output=True, timeout=300
+        )
+        names = containers.podman(
+            "ps",
+            "--filter",
+            f"label=io.podman.compose.project={project}",
+            "--format",
+            "{{.Names}}",
+        ).stdout.split()
+        replicas = sorted(name for name in names if "reverb-" in name.removeprefix(project))
+        assert len(replicas) == 3, names
+        for replica in replicas:
+            deadline = time.monotonic() + 60
+            while containers.podman(
+                "exec", replica, "python", "/opt/reverb-py/healthcheck.py", "/ready", check=False
+            ).returncode:
+                assert time.monotonic() < deadline, f"{replica} never became ready"
+                await asyncio.sleep(0.5)
+        wait_for(f"http://127.0.0.1:{port}/ready", timeout=60)
+        credentials = yaml.safe_load(rendered.read_text())["services"]["reverb-1"]["environment"]
+        balancer = Container(
+            "lb",
+            port,
+            app_id=credentials["REVERB_APP_ID"],
+            key=credentials["REVERB_APP_KEY"],
+            secret=credentials["REVERB_APP_SECRET"],
+        )
+        subscribers: list[PusherSocket] = []
+        # nginx spreads connections round-robin; connect until every replica holds one.
+        while not all(_local_connections(replica) for replica in replicas):
+            assert len(subscribers) < 12, [_local_connections(r) for r in replicas]
+            subscribers.append(await balancer.connect())
+            assert (await subscribers[-1].subscribe("alerts"))["event"].endswith("succeeded")
+        sdk = balancer.sdk()
+        # One trigger reaches one replica; every subscriber on the other two gets it through
+        # Redis, each exactly once.
+        await asyncio.to_thread(sdk.trigger, "alerts", "panic", {"unit": "7A"})
+        for subscriber in subscribers:
+            message = await subscriber.expect("panic", timeout=10)
+            assert json.loads(message["data"]) == {"unit": "7A"}
+            await subscriber.nothing(0.5)
+            await subscriber.close()
+    finally:
+        subprocess.run(
+            [*compose, "down", "--timeout", "1"], env=environment, capture_output=True, timeout=120
+        )
+        containers.podman("network", "rm", "--force", f"{project}_default", check=False)
