@@ -12,6 +12,7 @@ registry is reachable); its size is printed, with the part reverb-py adds to the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import shutil
@@ -34,7 +35,9 @@ from tests.replicas import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.container
 
-IMAGE = "localhost/reverb-py:test"
+# One tag per checkout: two checkouts testing at once on one machine never run each other's
+# code under a shared name.
+IMAGE = f"localhost/reverb-py:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]}"
 APP_ID, APP_KEY, APP_SECRET = "100200", "container-key", "container-secret"
 APP_ENV = {"REVERB_APP_ID": APP_ID, "REVERB_APP_KEY": APP_KEY, "REVERB_APP_SECRET": APP_SECRET}
 # The posture of deploy/kubernetes/deployment.yaml and deploy/compose.yaml.
