@@ -39,10 +39,12 @@ RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY reverb_py ./reverb_py
 # reverb-py itself, built offline with the locked setuptools: nothing unpinned is fetched.
+# `pip check` fails the build when pyproject.toml gained a dependency the lock lacks.
 # pip compiles the .pyc files at install time, which matters because the runtime stage runs
 # with PYTHONDONTWRITEBYTECODE and a read-only root filesystem. pip and the build backend are
 # removed afterwards: the runtime image never installs anything.
 RUN pip install --no-deps --no-build-isolation --no-index . \
+ && pip check \
  && pip uninstall --yes setuptools pip
 
 

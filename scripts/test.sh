@@ -85,6 +85,8 @@ fi
   -r requirements-test.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
   -e .
+# A dependency in pyproject.toml that the lock lacks fails here, not as an ImportError later.
+.venv/bin/python -m pip check --disable-pip-version-check >/dev/null
 
 # Node packages for the interop and browser tests (pinned by their lock files).
 for dir in tests/interop examples/panic-alerts; do

@@ -18,12 +18,15 @@ import re
 import socket
 import subprocess
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 yaml = pytest.importorskip("yaml")
 
@@ -375,6 +378,39 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
     assert not _dockerignore_excludes("reverb_py/pusher/auth.py")
     assert not _dockerignore_excludes("deploy/docker/healthcheck.py")
     assert _dockerignore_excludes("deploy/kubernetes/secret.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# The dependency locks the image and the test suite install
+
+
+def _locked(path: Path) -> dict[str, str]:
+    """name -> pinned version of a lock written by scripts/lock.sh (markers ignored)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", line)
+        if match:
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("requirements.lock", ()), ("requirements-test.lock", ("test",))]
+)
+def test_locks_pin_every_dependency_of_pyproject(lock: str, extras: tuple[str, ...]) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = list(pyproject["build-system"]["requires"]) + pyproject["project"]["dependencies"]
+    for extra in extras:
+        wanted += pyproject["project"]["optional-dependencies"][extra]
+    pins = _locked(ROOT / lock)
+    for text in wanted:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} lacks {name}: run `bash scripts/lock.sh`"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{lock} pins {name}=={pins[name]}, pyproject.toml wants {text}: "
+            "run `bash scripts/lock.sh`"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
