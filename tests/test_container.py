@@ -356,8 +356,12 @@ async def test_compose_replicas_behind_nginx_share_events_through_redis(
     compose = ["podman-compose", "--project-name", project, "--file", str(rendered)]
     environment = containers.podman_env()
     try:
-        subprocess.run(
-            [*compose, "up", "--detach"], env=environment, capture_output=True, timeout=300
+        up = subprocess.run(
+            [*compose, "up", "--detach"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         names = containers.podman(
             "ps",
@@ -367,7 +371,7 @@ async def test_compose_replicas_behind_nginx_share_events_through_redis(
             "{{.Names}}",
         ).stdout.split()
         replicas = sorted(name for name in names if "reverb-" in name.removeprefix(project))
-        assert len(replicas) == 3, names
+        assert len(replicas) == 3, f"{names}\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
         for replica in replicas:
             deadline = time.monotonic() + 60
             while containers.podman(
@@ -378,7 +382,7 @@ async def test_compose_replicas_behind_nginx_share_events_through_redis(
         wait_for(f"http://127.0.0.1:{port}/ready", timeout=60)
         credentials = yaml.safe_load(rendered.read_text())["services"]["reverb-1"]["environment"]
         balancer = Container(
-            "lb",
+            next(name for name in names if name not in replicas and "_lb_" in name),
             port,
             app_id=credentials["REVERB_APP_ID"],
             key=credentials["REVERB_APP_KEY"],
