@@ -74,6 +74,9 @@ def test_health_check_finds_the_port_however_it_was_configured(tmp_path: Path, w
         assert record == {"host": "127.0.0.1", "port": port, "path": "", "tls": False}
         probe_env = {"REVERB_ADDRESS_FILE": str(address_file), "REVERB_SERVER_PORT": str(decoy)}
         assert _healthcheck(probe_env) == 0
+        # A proxy meant for the container's outbound calls is not used for the loopback probe.
+        dead_proxy = "http://127.0.0.1:9"
+        assert _healthcheck({**probe_env, "http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy}) == 0
         # The decoy alone (no address file) finds nothing: the file is what made it healthy.
         assert _healthcheck({"REVERB_SERVER_PORT": str(decoy)}) == 1
     finally:

@@ -95,8 +95,13 @@ def check(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    # Straight to the server: an HTTP(S)_PROXY in the container's environment (set for the
+    # app's outbound calls) must not route a loopback probe through the proxy.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+        with opener.open(url, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         return False, f"{url} answered HTTP {exc.code}"
