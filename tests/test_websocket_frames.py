@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
 from reverb_py.transport.http import HttpRequest, HttpResponse
 from reverb_py.transport.websocket import (
+    MAX_FRAGMENTS,
     FrameError,
     FrameReader,
     Received,
@@ -149,6 +152,52 @@ def test_framing_violations_close_1002(wire: bytes) -> None:
     assert closing_code(FrameReader(max_size=1000), wire) == 1002
 
 
+def test_many_empty_continuation_frames_are_refused_quickly() -> None:
+    """Re-summing the fragment list made 20 000 one-byte fragments cost 27 s; now the pieces
+    are counted and capped, and the reader gives up after MAX_FRAGMENTS of them."""
+    empty = client_frame(Opcode.CONT, b"", fin=False)
+    wire = client_frame(Opcode.TEXT, b"a", fin=False) + empty * 100_000
+    started = time.perf_counter()
+    assert closing_code(FrameReader(max_size=10**9), wire) == 1008
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_message_of_max_fragments_pieces_is_still_accepted() -> None:
+    pieces = [client_frame(Opcode.TEXT, b"a", fin=False)]
+    pieces += [client_frame(Opcode.CONT, b"b", fin=False)] * (MAX_FRAGMENTS - 2)
+    pieces.append(client_frame(Opcode.CONT, b"c"))
+    message = b"a" + b"b" * (MAX_FRAGMENTS - 2) + b"c"
+    assert list(FrameReader(max_size=10_000).feed(b"".join(pieces))) == [(Received.TEXT, message)]
+
+
+def test_a_frame_trickled_in_tiny_chunks_costs_linear_time() -> None:
+    """Re-joining the unfinished frame with every chunk copied it again each time: a 1 MB
+    frame sent 16 bytes at a time cost ~10 s of copying; now it is read once, when whole."""
+    payload = b"x" * 1_000_000
+    wire = client_frame(Opcode.BINARY, payload)
+    reader = FrameReader(max_size=2_000_000)
+    received = []
+    started = time.perf_counter()
+    for at in range(0, len(wire), 16):
+        received += reader.feed(wire[at : at + 16])
+    assert time.perf_counter() - started < 2.0
+    assert received == [(Received.BINARY, payload)]
+
+
+def test_invalid_utf8_text_closes_1007_even_split_across_fragments() -> None:
+    assert closing_code(FrameReader(max_size=1000), client_frame(Opcode.TEXT, b"\xff")) == 1007
+    split = client_frame(Opcode.TEXT, b"\xc3", fin=False) + client_frame(Opcode.CONT, b"(")
+    assert closing_code(FrameReader(max_size=1000), split) == 1007
+    assert list(FrameReader(max_size=1000).feed(client_frame(Opcode.BINARY, b"\xff"))) == [
+        (Received.BINARY, b"\xff")
+    ]
+
+
+def test_a_character_split_across_fragments_is_valid_text() -> None:
+    wire = client_frame(Opcode.TEXT, b"\xc3", fin=False) + client_frame(Opcode.CONT, b"\xa9")
+    assert list(FrameReader(max_size=1000).feed(wire)) == [(Received.TEXT, "é".encode())]
+
+
 def test_close_reply_echoes_the_code_or_says_why_not() -> None:
     assert close_reply(Close(4000, "done").serialize()) == (4000, "done")
     assert close_reply(b"") == (1000, "")
@@ -168,7 +217,8 @@ def test_close_reason_fits_a_control_frame() -> None:
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 @pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
 def test_reader_agrees_with_websockets_on_every_length_class(opcode: Opcode, size: int) -> None:
-    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    alphabet = bytes(range(128)) if opcode is Opcode.TEXT else bytes(range(256))  # text: UTF-8
+    payload = (alphabet * (size // len(alphabet) + 1))[:size]
     wire = client_frame(opcode, payload)
     reader = FrameReader(max_size=100_000)
     kind = Received.TEXT if opcode is Opcode.TEXT else Received.BINARY

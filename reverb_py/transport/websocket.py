@@ -109,7 +109,7 @@ class Received(Enum):
 
 
 class FrameError(Exception):
-    """The client broke the framing rules; close with this code (1002, 1007 or 1009)."""
+    """The client broke the framing rules; close with this code (1002, 1007, 1008 or 1009)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
@@ -120,6 +120,9 @@ class FrameError(Exception):
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _CONTROL = (_CLOSE, _PING, _PONG)
 _SHORTEST_CLIENT_FRAME = 6  # 2 header bytes and the 4-byte mask every client frame carries
+# Browsers send a Pusher message in one frame; a message cut into more pieces than this is an
+# attack on the fragment list (empty continuation frames add no bytes to count against it).
+MAX_FRAGMENTS = 1024
 
 
 class FrameReader:
@@ -129,23 +132,44 @@ class FrameReader:
     holds no buffer at all. The header is read here rather than by websockets' generator-based
     `Frame.parse`: driven from a buffer, that cost 8.5 us per frame against 1 us, and a
     connecting client sends a dozen frames. Unmasking is websockets' C `apply_mask`, and the
-    tests feed it frames serialized by websockets in every length class and split anywhere."""
+    tests feed it frames serialized by websockets in every length class and split anywhere.
 
-    __slots__ = ("_fragments", "_fragments_binary", "_partial", "max_size")
+    The cost per received byte is bounded whatever the chunking: an unfinished frame grows in
+    a bytearray and is parsed again only once the bytes it needs have arrived, and a fragmented
+    message keeps a running size and a capped count of its pieces."""
+
+    __slots__ = (
+        "_fragments",
+        "_fragments_binary",
+        "_fragments_size",
+        "_needed",
+        "_partial",
+        "max_size",
+    )
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._partial = b""
+        self._partial = bytearray()
+        self._needed = 0  # bytes the unfinished frame in _partial needs before it can be read
         self._fragments: list[bytes] | None = None
         self._fragments_binary = False
+        self._fragments_size = 0
 
     def feed(self, data: bytes) -> Iterator[tuple[Received, bytes]]:
         """Yield each complete message and control frame in `data` (after what is left from
         earlier chunks); raise FrameError at the first frame that breaks the rules."""
-        buffer = self._partial + data if self._partial else data
-        self._partial = b""
+        partial = self._partial
+        if partial:
+            partial += data
+            if len(partial) < self._needed:
+                return
+            buffer = bytes(partial)
+            self._partial = bytearray()
+        else:
+            buffer = data
         end = len(buffer)
         position = 0
+        needed = _SHORTEST_CLIENT_FRAME
         while end - position >= _SHORTEST_CLIENT_FRAME:
             head1 = buffer[position]
             head2 = buffer[position + 1]
@@ -158,6 +182,7 @@ class FrameReader:
             if length >= 126:  # the length follows in 2 or 8 bytes
                 mask_at += 2 if length == 126 else 8
                 if end - mask_at < 4:
+                    needed = mask_at + 4 - position
                     break
                 length = int.from_bytes(buffer[position + 2 : mask_at])
             if length > self.max_size:
@@ -167,22 +192,28 @@ class FrameReader:
                 )
             data_at = mask_at + 4
             if end - data_at < length:
+                needed = data_at + length - position
                 break
             payload = apply_mask(buffer[data_at : data_at + length], buffer[mask_at:data_at])
             position = data_at + length
             received = self._assemble(head1 & 0x0F, head1 & 0x80 != 0, payload)
             if received is not None:
                 yield received
-        self._partial = buffer[position:]
+        if position < end:
+            self._partial = bytearray(buffer[position:])
+            self._needed = needed
 
     def _assemble(self, opcode: int, fin: bool, data: bytes) -> tuple[Received, bytes] | None:
         if opcode in (_TEXT, _BINARY):
             if self._fragments is not None:
                 raise FrameError(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             if fin:
-                return (Received.BINARY if opcode == _BINARY else Received.TEXT), data
+                if opcode == _BINARY:
+                    return Received.BINARY, data
+                return Received.TEXT, _valid_text(data)
             self._fragments = [data]
             self._fragments_binary = opcode == _BINARY
+            self._fragments_size = len(data)
             return None
         if opcode in _CONTROL:
             if not fin or len(data) > 125:
@@ -197,18 +228,35 @@ class FrameReader:
         fragments = self._fragments
         if fragments is None:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+        if len(fragments) >= MAX_FRAGMENTS:
+            raise FrameError(
+                CloseCode.POLICY_VIOLATION, f"message in more than {MAX_FRAGMENTS} fragments"
+            )
         fragments.append(data)
-        size = sum(len(part) for part in fragments)
-        if size > self.max_size:
+        self._fragments_size += len(data)
+        if self._fragments_size > self.max_size:
             raise FrameError(
                 CloseCode.MESSAGE_TOO_BIG,
-                f"message of {size} bytes exceeds limit of {self.max_size} bytes",
+                f"message of {self._fragments_size} bytes exceeds limit of {self.max_size} bytes",
             )
         if not fin:
             return None
         self._fragments = None
-        kind = Received.BINARY if self._fragments_binary else Received.TEXT
-        return kind, b"".join(fragments)
+        message = b"".join(fragments)
+        if self._fragments_binary:
+            return Received.BINARY, message
+        return Received.TEXT, _valid_text(message)
+
+
+def _valid_text(data: bytes) -> bytes:
+    """A text message as received, once it is known to be UTF-8 (RFC 6455 8.1: else 1007).
+    Pusher messages are ASCII JSON, for which the check is one fast scan."""
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            raise FrameError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
+    return data
 
 
 def close_reply(payload: bytes) -> tuple[int, str]:
