@@ -83,6 +83,23 @@ def _configuration_error(exc: ConfigError) -> NoReturn:
     "(REVERB_MAX_CONNECTIONS_PER_IP_PER_SECOND, default 0).",
 )
 @click.option(
+    "--max-connections-per-ip",
+    type=int,
+    help="Open WebSockets per client IP, 0 = no limit (REVERB_MAX_CONNECTIONS_PER_IP, default 0).",
+)
+@click.option(
+    "--request-timeout",
+    type=float,
+    help="Seconds an HTTP request (head and body) may take to arrive; then 408 "
+    "(REVERB_REQUEST_TIMEOUT, default 60).",
+)
+@click.option(
+    "--http-idle-timeout",
+    type=float,
+    help="Seconds an idle HTTP keep-alive connection stays open (REVERB_HTTP_IDLE_TIMEOUT, "
+    "default 60).",
+)
+@click.option(
     "--trusted-proxies",
     help="Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed "
     "(REVERB_TRUSTED_PROXIES).",
@@ -177,6 +194,8 @@ def summary(settings: Settings, server: Server, fds: int) -> str:
         "metrics": metrics,
         "drain": f"{settings.drain_seconds:g}s",
         "per_ip_limit": f"{per_ip}/s" if per_ip else "off",
+        "per_ip_open": str(settings.max_connections_per_ip or "off"),
+        "request_timeout": f"{settings.request_timeout:g}s",
         "trusted_proxies": ",".join(settings.trusted_proxies) or "none",
         "fd_limit": str(fds),
         "debug": "on" if settings.debug else "off",

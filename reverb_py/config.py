@@ -186,6 +186,9 @@ class Settings:
     max_request_size: int = 262_144
     max_header_size: int = 16_384
     write_buffer_limit: int = 1_048_576
+    request_timeout: float = 60.0
+    http_idle_timeout: float = 60.0
+    max_connections_per_ip: int = 0
     scaling_enabled: bool = False
     scaling_channel: str = "reverb"
     scaling_node_timeout: float = 10.0
@@ -441,7 +444,11 @@ _SERVER_SETTINGS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "path": ("REVERB_SERVER_PATH", _to_path),
     "hostname": ("REVERB_HOST", _to_str),
     "max_request_size": ("REVERB_MAX_REQUEST_SIZE", lambda n, v: _to_int(n, v, 1024)),
+    "max_header_size": ("REVERB_MAX_HEADER_SIZE", lambda n, v: _to_int(n, v, 1024)),
     "write_buffer_limit": ("REVERB_WRITE_BUFFER_LIMIT", lambda n, v: _to_int(n, v, 16_384)),
+    "request_timeout": ("REVERB_REQUEST_TIMEOUT", _to_positive_float),
+    "http_idle_timeout": ("REVERB_HTTP_IDLE_TIMEOUT", _to_positive_float),
+    "max_connections_per_ip": ("REVERB_MAX_CONNECTIONS_PER_IP", lambda n, v: _to_int(n, v, 0)),
     "scaling_enabled": ("REVERB_SCALING_ENABLED", _to_bool),
     "scaling_channel": ("REVERB_SCALING_CHANNEL", _to_str),
     "scaling_node_timeout": ("REVERB_SCALING_NODE_TIMEOUT", _to_positive_float),
@@ -722,7 +729,7 @@ def load_settings(
     toml_server = toml.get("server", {})
     if not isinstance(toml_server, dict):
         raise ConfigError("--config: [server] must be a table")
-    unknown = set(toml_server) - set(_SERVER_SETTINGS) - {"debug", "max_header_size"}
+    unknown = set(toml_server) - set(_SERVER_SETTINGS) - {"debug"}
     if unknown:
         raise ConfigError(f"[server]: unknown setting(s) {', '.join(sorted(unknown))}")
     for name, (variable, parse) in _SERVER_SETTINGS.items():

@@ -54,6 +54,34 @@ class NewConnectionLimiter:
             del self.windows[ip]
 
 
+class ConnectionsPerAddress:
+    """Open WebSockets per client address, capped: one address cannot take every socket.
+
+    Entries exist only while the address has a socket open, so the map is bounded by the open
+    connections, which the file-descriptor limit bounds."""
+
+    __slots__ = ("limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        """Count one more socket for `address`; False (and nothing counted) if it is at the cap."""
+        count = self.open.get(address, 0)
+        if count >= self.limit:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.open.get(address, 0) - 1
+        if count > 0:
+            self.open[address] = count
+        else:
+            self.open.pop(address, None)
+
+
 def parse_networks(name: str, values: Iterable[str]) -> tuple[Network, ...]:
     """Trusted proxy addresses or CIDR ranges; raises ValueError naming the bad entry."""
     networks = []

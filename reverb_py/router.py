@@ -24,11 +24,17 @@ from reverb_py.pusher import messages
 from reverb_py.pusher.http_api import HttpApi
 from reverb_py.pusher.messages import ErrorCode
 from reverb_py.pusher.session import Session
-from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_networks
+from reverb_py.ratelimit import (
+    ClientAddress,
+    ConnectionsPerAddress,
+    NewConnectionLimiter,
+    parse_networks,
+)
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, WebSocketHandler
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
+from reverb_py.transport.refusals import TransportRefusals
 from reverb_py.webhooks import Webhooks
 
 logger = logging.getLogger("reverb_py.router")
@@ -73,12 +79,15 @@ _REFUSED = Refused()
 class PusherEndpoint:
     """The result of routing an upgrade: opens a Session, or refuses with a Pusher code."""
 
-    __slots__ = ("app", "hub", "refusal", "router")
+    __slots__ = ("address", "app", "hub", "refusal", "router")
 
-    def __init__(self, router: Router, hub: AppHub | None, refusal: Refusal | None) -> None:
+    def __init__(
+        self, router: Router, hub: AppHub | None, refusal: Refusal | None, address: str = ""
+    ) -> None:
         self.router = router
         self.hub = hub
         self.refusal = refusal
+        self.address = address  # the client's address, when connections per address are capped
         self.app: App | None = hub.app if hub is not None else None
 
     @property
@@ -86,6 +95,13 @@ class PusherEndpoint:
         return self.app.max_message_size if self.app is not None else 10_000
 
     def open(self, socket: Connection) -> WebSocketHandler:
+        per_address = self.router.per_address
+        if self.refusal is None and self.hub is not None and per_address is not None:
+            # Taken only now that the socket is surely a WebSocket, and given back when it goes.
+            if per_address.acquire(self.address):
+                socket.on_lost = lambda: per_address.release(self.address)
+            else:
+                self.refusal = self.router.over_address_cap(self.address)
         if self.refusal is not None or self.hub is None:
             code, message, reason = self.refusal or _APP_NOT_FOUND
             stats = self.hub.stats if self.hub is not None else self.router.unknown_app_stats
@@ -135,6 +151,10 @@ class Router:
         )
         per_ip = settings.max_connections_per_ip_per_second
         self.limiter = NewConnectionLimiter(per_ip) if per_ip else None
+        cap = settings.max_connections_per_ip
+        self.per_address = ConnectionsPerAddress(cap) if cap else None
+        # What the transport refused (malformed, too large, too slow...), for /metrics.
+        self.transport_refusals = TransportRefusals()
         # Set by the server when metrics are served on this port: renders the exposition.
         self.metrics: Callable[[], HttpResponse] | None = None
         self._refusal_log = ThrottledLog(logger, REFUSAL_LOG_INTERVAL)
@@ -238,7 +258,22 @@ class Router:
                 "draining"
             )
             return _DRAINING
-        return PusherEndpoint(self, hub, self._refusal(request, hub))
+        address = self.client_ip(request) if self.per_address is not None else ""
+        return PusherEndpoint(self, hub, self._refusal(request, hub), address)
+
+    def over_address_cap(self, address: str) -> Refusal:
+        assert self.per_address is not None
+        self._log_refusal(
+            "address_cap",
+            "refusing a connection from %s: it has %d open, the most allowed (4100)",
+            address,
+            self.per_address.limit,
+        )
+        return Refusal(
+            ErrorCode.OVER_CAPACITY,
+            "Too many connections from this address; retry shortly",
+            "address_cap",
+        )
 
     def _refusal(self, request: HttpRequest, hub: AppHub | None) -> Refusal | None:
         if self.limiter is not None:
@@ -266,7 +301,8 @@ class Router:
             return _APP_DISABLED
         protocol = dict(request.query()).get("protocol")
         if protocol is not None:
-            if not protocol.isdigit():
+            # isdigit() alone lets through '²' (int() refuses it) and 5 000 digits (so does int())
+            if not (protocol.isascii() and protocol.isdigit() and len(protocol) <= 9):
                 return Refusal(
                     ErrorCode.INVALID_VERSION, "Invalid version string format", "protocol"
                 )
@@ -315,5 +351,8 @@ def origin_allowed(app: App, origin: str | None) -> bool:
         return True
     if not origin:
         return app.allow_missing_origin
-    host = urlsplit(origin).hostname or ""
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:  # "http://[::1", a port that is not a number: matches no pattern
+        return False
     return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in app.allowed_origins)

@@ -35,7 +35,8 @@ from reverb_py.webhooks import Webhooks
 logger = logging.getLogger("reverb_py.server")
 
 STUCK_CLOSING_SECONDS = 5.0
-HTTP_IDLE_SECONDS = 60.0
+# File descriptors kept back from client sockets: listeners, Redis, webhook deliveries, logs.
+FD_RESERVE = 32
 
 
 def raise_fd_limit() -> int:
@@ -46,6 +47,12 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             return hard
     return soft
+
+
+def connection_cap(fd_limit: int) -> int:
+    """The most sockets served at once: the rest of the descriptors are for the server itself,
+    and a socket past this is refused (and counted) rather than dropped unseen at accept."""
+    return max(1, fd_limit - FD_RESERVE)
 
 
 def sweep_interval(settings: Settings, apps: Collection[App] | None = None) -> float:
@@ -129,6 +136,10 @@ class Server:
             max_body=settings.max_request_size,
             max_header=settings.max_header_size,
             write_buffer_limit=settings.write_buffer_limit,
+            request_timeout=settings.request_timeout,
+            idle_timeout=settings.http_idle_timeout,
+            max_connections=connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+            refusals=self.router.transport_refusals,
         )
         router, connections = self.router, self.connections
         self._listener = await loop.create_server(
@@ -186,14 +197,8 @@ class Server:
             if connection.closing_since is not None:
                 if loop_time - connection.closing_since > STUCK_CLOSING_SECONDS:
                     connection.abort()
-            elif connection.ws is None:  # idle HTTP keep-alive connections
-                if connection.seen:
-                    connection.seen = False
-                    connection.idle_ticks = 0
-                else:
-                    connection.idle_ticks += 1
-                    if connection.idle_ticks * sweep_interval(self.settings) > HTTP_IDLE_SECONDS:
-                        connection.abort()
+            elif connection.ws is None:  # slow requests, idle keep-alive connections
+                connection.check_deadlines(now)
 
     async def drain(self) -> None:
         """Fail readiness and refuse new WebSocket upgrades, then close every client with 4200

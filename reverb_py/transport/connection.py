@@ -9,22 +9,27 @@ Design choices that matter for speed and memory (DESIGN.md "Performance design")
   shared `WriteCoalescer`, so N frames for one socket cost one `transport.write`;
 - a broadcast is framed once by the caller (`text_frame`) and the same bytes are queued to
   every subscriber;
-- the unsent buffer of each socket is bounded: past the limit the handler is told once and
-  closes the connection, so a client that stops reading cannot grow memory without bound.
+- the unsent buffer of each socket is bounded: past the limit a WebSocket handler is told once
+  and closes the connection, and an HTTP connection stops being read until its client has read
+  the answers, so a client that stops reading cannot grow memory without bound;
+- the work per received byte is bounded (running totals, the head counted as it arrives) and
+  every request has a deadline, checked by the server's periodic sweep (`check_deadlines`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httptools
 from websockets.frames import Opcode
 
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.transport.refusals import TransportRefusals
 from reverb_py.transport.websocket import (
     PING_FRAME,
     FrameError,
@@ -40,6 +45,9 @@ from reverb_py.transport.websocket import (
 logger = logging.getLogger("reverb_py.transport")
 
 _MAX_PIPELINED_RESPONSES = 64
+# An HTTP answer waiting its turn: the response (or its future), keep-alive, and whether it
+# answers HEAD.
+_Answer = tuple["HttpResponse | asyncio.Future[HttpResponse]", bool, bool]
 
 
 class WebSocketHandler(Protocol):
@@ -64,8 +72,11 @@ class HttpApplication(Protocol):
     def route_websocket(self, request: HttpRequest) -> WebSocketEndpoint | HttpResponse: ...
 
 
-class _RequestTooLarge(Exception):
-    def __init__(self, response: HttpResponse) -> None:
+class _Refused(Exception):
+    """Raised from a parser callback to stop reading: answer this and close."""
+
+    def __init__(self, reason: str, response: HttpResponse) -> None:
+        self.reason = reason
         self.response = response
 
 
@@ -75,7 +86,10 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
     if target[:1] == b"/" and b"#" not in target:
         path, _, query = target.partition(b"?")
         return path, query
-    url = httptools.parse_url(target)
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise _Refused("bad_target", error_response(400, "Invalid request target")) from None
     return url.path or b"/", url.query or b""
 
 
@@ -108,14 +122,42 @@ class WriteCoalescer:
 
 
 class ConnectionLimits:
-    """Server-wide transport limits, shared by every connection."""
+    """Server-wide transport limits and the refusal counter, shared by every connection.
 
-    __slots__ = ("max_body", "max_header", "write_buffer_limit")
+    `max_connections` caps the open sockets (0: no cap) below the file-descriptor limit, so the
+    server keeps descriptors for Redis, webhooks and its metrics port, and every socket it cannot
+    afford is refused here, where it is counted, instead of silently by the event loop."""
 
-    def __init__(self, max_body: int, max_header: int, write_buffer_limit: int) -> None:
+    __slots__ = (
+        "clock",
+        "idle_timeout",
+        "max_body",
+        "max_connections",
+        "max_header",
+        "refusals",
+        "request_timeout",
+        "write_buffer_limit",
+    )
+
+    def __init__(
+        self,
+        max_body: int,
+        max_header: int,
+        write_buffer_limit: int,
+        request_timeout: float = 60.0,
+        idle_timeout: float = 60.0,
+        max_connections: int = 0,
+        refusals: TransportRefusals | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_body = max_body
         self.max_header = max_header
         self.write_buffer_limit = write_buffer_limit
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.refusals = refusals if refusals is not None else TransportRefusals()
+        self.clock = clock
 
 
 class Connection(asyncio.Protocol):
@@ -124,19 +166,26 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_app",
         "_body",
+        "_body_size",
         "_coalescer",
-        "_header_bytes",
+        "_head_fed",
         "_headers",
+        "_in_head",
         "_limits",
         "_parser",
         "_pending",
+        "_queued_answers",
+        "_reading_paused",
         "_registry",
         "_responses",
         "_url",
+        "_write_paused",
         "client_ip",
         "closing_since",
         "handler",
-        "idle_ticks",
+        "idle_since",
+        "on_lost",
+        "request_started",
         "seen",
         "transport",
         "ws",
@@ -156,17 +205,30 @@ class Connection(asyncio.Protocol):
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._header_bytes = 0
         self._body: list[bytes] = []
-        self._responses: deque[tuple[HttpResponse | asyncio.Future[HttpResponse], bool]] = deque()
+        self._body_size = 0
+        # Bytes received while the current request head is unfinished: httptools keeps a
+        # header it has not seen the end of without a limit, so the head is measured here.
+        self._in_head = True
+        self._head_fed = 0
+        # Bytes of answers queued while handling the current chunk of pipelined requests.
+        self._queued_answers = 0
+        self._responses: deque[_Answer] = deque()
         self._pending: list[bytes] | None = None
+        self._write_paused = False
+        self._reading_paused = False
         self.transport: asyncio.Transport | None = None
         self.ws: FrameReader | None = None
         self.handler: WebSocketHandler | None = None
         self.client_ip = ""
         self.closing_since: float | None = None
         self.seen = True
-        self.idle_ticks = 0
+        self.idle_since = 0.0
+        # When the request being received began (the accept, for the first one): the sweep
+        # answers 408 once it is older than the request timeout. None between requests.
+        self.request_started: float | None = None
+        # Called once when the socket is gone (the router releases a per-address slot).
+        self.on_lost: Callable[[], None] | None = None
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -175,6 +237,19 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        limits = self._limits
+        if limits.max_connections and len(self._registry) >= limits.max_connections:
+            limits.refusals.refuse(
+                "fd_limit",
+                "refusing connections: %d sockets open, the most the file-descriptor limit "
+                "allows (raise `ulimit -n`)",
+                len(self._registry),
+            )
+            transport.abort()
+            return
+        self.request_started = limits.clock()
+        # Past this many unsent bytes asyncio calls pause_writing (see below).
+        transport.set_write_buffer_limits(high=limits.write_buffer_limit)  # type: ignore[attr-defined]
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -184,10 +259,29 @@ class Connection(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.on_close()
-        for pending, _ in self._responses:
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
+        for pending, _, _ in self._responses:
             if isinstance(pending, asyncio.Future):
                 pending.cancel()
         self._responses.clear()
+
+    def pause_writing(self) -> None:
+        """The client is not reading what it asked for: over HTTP, stop reading its requests
+        until it has (a WebSocket is closed by its handler instead, see `flush`)."""
+        self._write_paused = True
+        transport = self.transport
+        if self.ws is None and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        transport = self.transport
+        if self._reading_paused and transport is not None and not transport.is_closing():
+            self._reading_paused = False
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.seen = True
@@ -197,67 +291,116 @@ class Connection(asyncio.Protocol):
         parser = self._parser
         if parser is None:
             return
+        if self._in_head:
+            self._head_fed += len(data)
+        self._queued_answers = 0
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0] :])
-        except _RequestTooLarge as too_large:
-            self._reply_and_close(too_large.response)
+            return
+        except _Refused as refused:
+            self._refuse(refused)
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _RequestTooLarge):
-                self._reply_and_close(cause.response)
+            if isinstance(cause, _Refused):
+                self._refuse(cause)
             else:
                 logger.exception("HTTP request handling failed")
                 self._reply_and_close(error_response(500, "Internal server error"))
-        except httptools.HttpParserError:
-            self._reply_and_close(error_response(400, "Malformed HTTP request"))
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(
+                _Refused("bad_request", error_response(400, f"Malformed HTTP request: {exc}"))
+            )
+            return
+        if self._in_head and self._head_fed > self._limits.max_header:
+            self._refuse(
+                _Refused("header_too_large", error_response(431, "Request header too large"))
+            )
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server's periodic sweep for a connection still speaking HTTP: answer
+        408 to a request that is taking too long to arrive, however slowly its bytes trickle,
+        and close a keep-alive connection that has been idle too long."""
+        limits = self._limits
+        started = self.request_started
+        if started is not None and now - started > limits.request_timeout:
+            self._refuse(
+                _Refused(
+                    "request_timeout",
+                    error_response(408, f"Request not complete in {limits.request_timeout:g} s"),
+                )
+            )
+        elif self.seen:
+            self.seen = False
+            self.idle_since = now
+        elif now - self.idle_since > limits.idle_timeout:
+            self.abort()
+
+    def _refuse(self, refused: _Refused) -> None:
+        status = refused.response.status
+        self._limits.refusals.refuse(
+            refused.reason,
+            "refused a request from %s with %d (%s)",
+            self.client_ip,
+            status,
+            refused.reason,
+        )
+        self._reply_and_close(refused.response)
 
     # httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
         self._body = []
+        self._body_size = 0
+        if self.request_started is None:
+            self.request_started = self._limits.clock()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         for name, value in self._headers:
             if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
-                if int(value) <= self._limits.max_body:
+                if value.isascii() and int(value) <= self._limits.max_body:
                     return
-                raise _RequestTooLarge(error_response(413, "Request body too large"))
+                raise _Refused("body_too_large", error_response(413, "Request body too large"))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
-        if sum(map(len, self._body)) > self._limits.max_body:
-            raise _RequestTooLarge(error_response(413, "Request body too large"))
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body:
+            raise _Refused("body_too_large", error_response(413, "Request body too large"))
 
     def on_message_complete(self) -> None:
         parser = self._parser
         assert parser is not None
+        self.request_started = None
+        self._in_head = True
+        self._head_fed = 0
         if parser.should_upgrade():
             return  # handled when feed_data raises HttpParserUpgrade
         request = self._build_request(parser)
-        if len(self._responses) >= _MAX_PIPELINED_RESPONSES:
-            raise _RequestTooLarge(error_response(429, "Too many pipelined requests"))
+        if (
+            len(self._responses) >= _MAX_PIPELINED_RESPONSES
+            or self._write_paused
+            or self._queued_answers > self._limits.write_buffer_limit
+        ):
+            raise _Refused(
+                "pipelining", error_response(429, "Too many pipelined requests: read the answers")
+            )
         self._dispatch(request)
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > self._limits.max_header:
-            raise _RequestTooLarge(error_response(431, "Request header fields too large"))
 
     def _build_request(self, parser: httptools.HttpRequestParser) -> HttpRequest:
         path, query = _split_target(self._url)
@@ -280,19 +423,20 @@ class Connection(asyncio.Protocol):
         except Exception:
             logger.exception("HTTP handler failed for %s %s", request.method, request.path)
             result = error_response(500, "Internal server error")
+        head = request.method == "HEAD"
         if isinstance(result, HttpResponse):
             if not self._responses:
-                self._write_response(result, request.keep_alive)
+                self._write_response(result, request.keep_alive, head)
                 return
-            self._responses.append((result, request.keep_alive))
+            self._responses.append((result, request.keep_alive, head))
         else:
             future = asyncio.ensure_future(result)
             future.add_done_callback(self._response_ready)
-            self._responses.append((future, request.keep_alive))
+            self._responses.append((future, request.keep_alive, head))
 
     def _response_ready(self, _: asyncio.Future[HttpResponse]) -> None:
         while self._responses:
-            pending, keep_alive = self._responses[0]
+            pending, keep_alive, head = self._responses[0]
             if isinstance(pending, asyncio.Future):
                 if not pending.done():
                     return
@@ -307,15 +451,21 @@ class Connection(asyncio.Protocol):
             else:
                 response = pending
             self._responses.popleft()
-            self._write_response(response, keep_alive)
+            self._write_response(response, keep_alive, head)
 
-    def _write_response(self, response: HttpResponse, keep_alive: bool) -> None:
+    def _write_response(self, response: HttpResponse, keep_alive: bool, head: bool = False) -> None:
         """Queued like WebSocket frames: pipelined requests read together are answered with
-        one write, not one system call each."""
+        one write, not one system call each. The answer to HEAD is the head alone (its
+        Content-Length still says what GET would send), or keep-alive clients lose their
+        place in the stream."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.send(response.encode(keep_alive))
+        wire = response.encode(keep_alive)
+        if head and response.body:
+            wire = wire[: len(wire) - len(response.body)]
+        self._queued_answers += len(wire)
+        self.send(wire)
         if not keep_alive:
             self._parser = None
             self.flush()
@@ -323,6 +473,7 @@ class Connection(asyncio.Protocol):
 
     def _reply_and_close(self, response: HttpResponse) -> None:
         self._parser = None
+        self.request_started = None
         self._responses.clear()
         self._write_response(response, keep_alive=False)
 
@@ -331,12 +482,25 @@ class Connection(asyncio.Protocol):
     def _upgrade(self, rest: bytes) -> None:
         parser = self._parser
         assert parser is not None
-        request = self._build_request(parser)
+        if parser.get_method() == b"CONNECT":  # llhttp reads CONNECT as an upgrade
+            allow = (("Allow", "GET, HEAD, POST"),)
+            self._refuse(_Refused("method", error_response(405, "CONNECT is not supported", allow)))
+            return
+        try:
+            request = self._build_request(parser)
+        except _Refused as refused:
+            self._refuse(refused)
+            return
         self._parser = None
         if self._responses:  # an upgrade pipelined behind HTTP requests is not supported
             self._reply_and_close(error_response(400, "Upgrade after pipelined requests"))
             return
-        endpoint = self._app.route_websocket(request)
+        try:
+            endpoint = self._app.route_websocket(request)
+        except Exception:
+            logger.exception("WebSocket routing failed for %s", request.path)
+            self._reply_and_close(error_response(500, "Internal server error"))
+            return
         if isinstance(endpoint, HttpResponse):
             self._reply_and_close(endpoint)
             return
