@@ -60,6 +60,7 @@ def sweep_interval(settings: Settings, apps: Collection[App] | None = None) -> f
     adds later are swept at this pace too."""
     apps = settings.apps if apps is None else apps
     shortest = min((min(app.ping_interval, app.pong_timeout) for app in apps), default=30.0)
+    shortest = min(shortest, settings.request_timeout, settings.http_idle_timeout)
     if settings.webhook_delay and any(app.webhooks for app in apps):
         shortest = min(shortest, settings.webhook_delay)  # delayed webhooks leave on time
     return max(0.05, min(1.0, shortest / 4))

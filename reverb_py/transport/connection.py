@@ -45,6 +45,12 @@ from reverb_py.transport.websocket import (
 logger = logging.getLogger("reverb_py.transport")
 
 _MAX_PIPELINED_RESPONSES = 64
+# HTTP requests answered per loop iteration for one client, the slices its reads are fed to
+# httptools in (a 1 KiB slice holds at most 56 requests) and the bytes fed per iteration (16 KiB
+# of one-byte chunks is 2 700 body callbacks, ~3 ms): see Connection._feed_http.
+MAX_REQUESTS_PER_READ = 32
+_FEED_SLICE = 1024
+_FEED_PER_TURN = 16384
 # An HTTP answer waiting its turn: the response (or its future), keep-alive, and whether it
 # answers HEAD.
 _Answer = tuple["HttpResponse | asyncio.Future[HttpResponse]", bool, bool]
@@ -165,6 +171,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_app",
+        "_backlog",
         "_body",
         "_body_size",
         "_coalescer",
@@ -177,6 +184,7 @@ class Connection(asyncio.Protocol):
         "_queued_answers",
         "_reading_paused",
         "_registry",
+        "_requests_in_read",
         "_responses",
         "_url",
         "_write_paused",
@@ -213,6 +221,9 @@ class Connection(asyncio.Protocol):
         self._head_fed = 0
         # Bytes of answers queued while handling the current chunk of pipelined requests.
         self._queued_answers = 0
+        self._requests_in_read = 0
+        # The unparsed rest of a read, waiting for the next loop iteration (see _feed_http).
+        self._backlog: bytes | None = None
         self._responses: deque[_Answer] = deque()
         self._pending: list[bytes] | None = None
         self._write_paused = False
@@ -271,54 +282,106 @@ class Connection(asyncio.Protocol):
         """The client is not reading what it asked for: over HTTP, stop reading its requests
         until it has (a WebSocket is closed by its handler instead, see `flush`)."""
         self._write_paused = True
-        transport = self.transport
-        if self.ws is None and transport is not None and not transport.is_closing():
-            transport.pause_reading()
-            self._reading_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        transport = self.transport
-        if self._reading_paused and transport is not None and not transport.is_closing():
-            self._reading_paused = False
-            transport.resume_reading()
+        if self._backlog is not None:
+            self._continue_backlog()
+        else:
+            self._update_reading()
 
     def data_received(self, data: bytes) -> None:
         self.seen = True
         if self.ws is not None:
             self._websocket_data(data)
             return
-        parser = self._parser
-        if parser is None:
+        if self._parser is None:
             return
-        if self._in_head:
-            self._head_fed += len(data)
+        if self._backlog is not None:  # read before pause_reading took effect
+            self._backlog += data
+            return
+        self._requests_in_read = 0
         self._queued_answers = 0
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0] :])
+        self._feed_http(data)
+
+    def _feed_http(self, data: bytes) -> None:
+        """Parse requests out of `data` for at most a bounded amount of work per loop iteration.
+
+        httptools cannot stop part-way through the bytes it is given, and 256 KiB of pipelined
+        `GET /up` is 9 000 requests (200 ms of loop time). So a large read is fed in slices;
+        once _FEED_PER_TURN bytes were fed, or MAX_REQUESTS_PER_READ requests or a write
+        buffer's worth of answers came out of them, the rest waits for the next loop iteration
+        (or, when the client is not reading its answers, for it to catch up), and the socket
+        is not read meanwhile."""
+        at, end = 0, len(data)
+        while at < end:
+            parser = self._parser
+            if parser is None:
+                return
+            if (
+                at >= _FEED_PER_TURN
+                or self._requests_in_read >= MAX_REQUESTS_PER_READ
+                or self._queued_answers > self._limits.write_buffer_limit
+            ):
+                self._backlog = data[at:]
+                self._update_reading()
+                if not self._write_paused:
+                    asyncio.get_running_loop().call_soon(self._continue_backlog)
+                return
+            piece = data if at == 0 and end <= _FEED_SLICE else data[at : at + _FEED_SLICE]
+            at += len(piece)
+            if self._in_head:
+                self._head_fed += len(piece)
+            try:
+                parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade(piece[upgrade.args[0] :] + data[at:])
+                return
+            except _Refused as refused:
+                self._refuse(refused)
+                return
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _Refused):
+                    self._refuse(cause)
+                else:
+                    logger.exception("HTTP request handling failed")
+                    self._reply_and_close(error_response(500, "Internal server error"))
+                return
+            except httptools.HttpParserError as exc:
+                self._refuse(
+                    _Refused("bad_request", error_response(400, f"Malformed HTTP request: {exc}"))
+                )
+                return
+            if self._in_head and self._head_fed > self._limits.max_header:
+                self._refuse(
+                    _Refused("header_too_large", error_response(431, "Request header too large"))
+                )
+                return
+
+    def _continue_backlog(self) -> None:
+        backlog = self._backlog
+        if backlog is None or self._write_paused or self.transport is None:
+            return  # resume_writing continues it
+        self._backlog = None
+        self._requests_in_read = 0
+        self._queued_answers = 0
+        self._feed_http(backlog)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the socket unless an HTTP client has answers or requests waiting."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        except _Refused as refused:
-            self._refuse(refused)
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
-                self._refuse(cause)
+        pause = self.ws is None and (self._write_paused or self._backlog is not None)
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
             else:
-                logger.exception("HTTP request handling failed")
-                self._reply_and_close(error_response(500, "Internal server error"))
-            return
-        except httptools.HttpParserError as exc:
-            self._refuse(
-                _Refused("bad_request", error_response(400, f"Malformed HTTP request: {exc}"))
-            )
-            return
-        if self._in_head and self._head_fed > self._limits.max_header:
-            self._refuse(
-                _Refused("header_too_large", error_response(431, "Request header too large"))
-            )
+                transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -392,11 +455,8 @@ class Connection(asyncio.Protocol):
         if parser.should_upgrade():
             return  # handled when feed_data raises HttpParserUpgrade
         request = self._build_request(parser)
-        if (
-            len(self._responses) >= _MAX_PIPELINED_RESPONSES
-            or self._write_paused
-            or self._queued_answers > self._limits.write_buffer_limit
-        ):
+        self._requests_in_read += 1
+        if len(self._responses) >= _MAX_PIPELINED_RESPONSES:
             raise _Refused(
                 "pipelining", error_response(429, "Too many pipelined requests: read the answers")
             )
@@ -468,8 +528,21 @@ class Connection(asyncio.Protocol):
         self.send(wire)
         if not keep_alive:
             self._parser = None
+            self._backlog = None
             self.flush()
+            self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close our side once the answer is sent, but go on reading (and dropping) what the
+        client still sends until it closes: closing with unread bytes makes the kernel send a
+        reset, which destroys a 413 or 408 before a client still sending has read it (nginx's
+        lingering close). The sweep aborts a socket left in this state (`closing_since`)."""
+        if not transport.can_write_eof():  # TLS
             transport.close()
+            return
+        self.closing_since = asyncio.get_running_loop().time()
+        transport.write_eof()
+        self._update_reading()
 
     def _reply_and_close(self, response: HttpResponse) -> None:
         self._parser = None
