@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -51,6 +50,7 @@ _MAX_PIPELINED_RESPONSES = 64
 MAX_REQUESTS_PER_READ = 32
 _FEED_SLICE = 1024
 _FEED_PER_TURN = 16384
+_UNSTAMPED = -1.0  # a request began since the last sweep, which stamps it with its time
 # An HTTP answer waiting its turn: the response (or its future), keep-alive, and whether it
 # answers HEAD.
 _Answer = tuple["HttpResponse | asyncio.Future[HttpResponse]", bool, bool]
@@ -135,7 +135,6 @@ class ConnectionLimits:
     afford is refused here, where it is counted, instead of silently by the event loop."""
 
     __slots__ = (
-        "clock",
         "idle_timeout",
         "max_body",
         "max_connections",
@@ -154,7 +153,6 @@ class ConnectionLimits:
         idle_timeout: float = 60.0,
         max_connections: int = 0,
         refusals: TransportRefusals | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_body = max_body
         self.max_header = max_header
@@ -163,7 +161,6 @@ class ConnectionLimits:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.refusals = refusals if refusals is not None else TransportRefusals()
-        self.clock = clock
 
 
 class Connection(asyncio.Protocol):
@@ -235,8 +232,9 @@ class Connection(asyncio.Protocol):
         self.closing_since: float | None = None
         self.seen = True
         self.idle_since = 0.0
-        # When the request being received began (the accept, for the first one): the sweep
-        # answers 408 once it is older than the request timeout. None between requests.
+        # When the request being received began (the accept, for the first one), stamped by
+        # the next sweep rather than read from a clock per request: the sweep answers 408 once
+        # it is older than the request timeout. None between requests.
         self.request_started: float | None = None
         # Called once when the socket is gone (the router releases a per-address slot).
         self.on_lost: Callable[[], None] | None = None
@@ -258,7 +256,7 @@ class Connection(asyncio.Protocol):
             )
             transport.abort()
             return
-        self.request_started = limits.clock()
+        self.request_started = _UNSTAMPED
         # Past this many unsent bytes asyncio calls pause_writing (see below).
         transport.set_write_buffer_limits(high=limits.write_buffer_limit)  # type: ignore[attr-defined]
         self._registry.add(self)
@@ -392,7 +390,9 @@ class Connection(asyncio.Protocol):
         and close a keep-alive connection that has been idle too long."""
         limits = self._limits
         started = self.request_started
-        if started is not None and now - started > limits.request_timeout:
+        if started == _UNSTAMPED:
+            self.request_started = now
+        elif started is not None and now - started > limits.request_timeout:
             self._refuse(
                 _Refused(
                     "request_timeout",
@@ -424,7 +424,7 @@ class Connection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         if self.request_started is None:
-            self.request_started = self._limits.clock()
+            self.request_started = _UNSTAMPED
 
     def on_url(self, url: bytes) -> None:
         self._url += url
