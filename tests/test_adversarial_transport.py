@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import resource
 import socket
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Awaitable
+import urllib.request
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from typing import IO
 from urllib.parse import quote
 
 import pytest
@@ -22,6 +30,7 @@ from websockets.frames import Close, Frame, Opcode
 
 from reverb_py.transport.websocket import MAX_FRAGMENTS
 from tests.conftest import PusherSocket, Running, ServerFactory, app_with
+from tests.replicas import free_port, wait_for
 
 RESPONSIVE = 0.1  # seconds: GET /up and a trigger -> receive round trip, under attack
 
@@ -418,3 +427,133 @@ async def test_open_connections_per_address_are_capped(start_server: ServerFacto
     third = await running.connect()
     await second.close()
     await third.close()
+
+
+# Process-level properties: a real server process started through the CLI ----------------------
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    pid: int
+    log: IO[str]
+
+    def logs(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
+@contextlib.contextmanager
+def server_process(fd_limit: int | None = None, **env: str) -> Iterator[ServerProcess]:
+    """`reverb-py start` in a subprocess, optionally with a low open-files limit (soft and
+    hard, so that raising it at start cannot help)."""
+    port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("REVERB_", "REDIS_"))},
+        "REVERB_APP_ID": "1234",
+        "REVERB_APP_KEY": "test-key",
+        "REVERB_APP_SECRET": "test-secret",
+        "REVERB_DRAIN_SECONDS": "0",
+        **env,
+    }
+
+    def limit_files() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reverb_py",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=limit_files,
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/up")
+            yield ServerProcess(port, process.pid, log)
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_pipelining_without_reading_does_not_grow_the_process() -> None:
+    """64 MB of pipelined requests from a client that reads nothing would make the server hold
+    ~200 MB of answers; it stops reading that client instead, so its RSS barely moves."""
+    with server_process() as server:
+        port, pid = server.port, server.pid
+        before = rss_bytes(pid)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        batch = b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:
+                writer.write(batch)
+                await asyncio.wait_for(writer.drain(), 2)
+                sent += len(batch)
+        except TimeoutError:
+            pass
+        grown = rss_bytes(pid) - before
+        assert sent < 64 * 1024 * 1024, "the server kept reading a client that reads nothing"
+        assert grown < 32 * 1024 * 1024, f"RSS grew by {grown / 1e6:.0f} MB"
+        status, _, _ = await asyncio.wait_for(up_status(port), 5)  # and others are served
+        assert status == 200
+        writer.close()
+
+
+async def up_status(port: int) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+async def test_sockets_past_the_file_descriptor_limit_are_refused_counted_and_logged() -> None:
+    """With 64 descriptors the server serves 32 sockets (the rest are its reserve); more are
+    closed on accept and counted, and the server keeps serving once they are gone."""
+    with server_process(fd_limit=64, REVERB_METRICS_ENABLED="true") as server:
+        port = server.port
+        sockets = []
+        for _ in range(80):
+            sockets.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.5)
+        for _, writer in sockets:
+            writer.close()
+        await asyncio.sleep(0.5)
+        refused = await asyncio.to_thread(
+            metric, port, 'reverb_transport_refused_total{reason="fd_limit"}'
+        )
+        assert refused >= 40
+        assert (await up_status(port))[0] == 200
+        log = server.logs()
+    assert "the most the file-descriptor limit allows" in log
+    assert log.count("the most the file-descriptor limit allows") < 5  # throttled
