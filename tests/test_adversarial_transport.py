@@ -462,17 +462,9 @@ def server_process(fd_limit: int | None = None, **env: str) -> Iterator[ServerPr
             resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
 
     with tempfile.TemporaryFile(mode="w+") as log:
+        cli = [sys.executable, "-m", "reverb_py", "start"]
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reverb_py",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*cli, "--host", "127.0.0.1", "--port", f"{port}"],
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -557,3 +549,17 @@ async def test_sockets_past_the_file_descriptor_limit_are_refused_counted_and_lo
         log = server.logs()
     assert "the most the file-descriptor limit allows" in log
     assert log.count("the most the file-descriptor limit allows") < 5  # throttled
+
+
+async def test_a_read_full_of_small_messages_does_not_hold_the_loop(running: Running) -> None:
+    """256 KiB of `pusher:ping` frames in one write is 5 000 messages in one read."""
+    _, writer = await raw_websocket(running)
+    ping = client_frame(Opcode.TEXT, b'{"event":"pusher:ping","data":{}}')
+
+    async def attack() -> None:
+        writer.write(ping * (262144 // len(ping)))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+
+    await stays_responsive(running, attack())
+    writer.close()
