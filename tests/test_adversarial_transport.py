@@ -28,7 +28,8 @@ from urllib.parse import quote
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from reverb_py.transport.websocket import MAX_FRAGMENTS
+from reverb_py.pusher.messages import PONG
+from reverb_py.transport.websocket import MAX_FRAGMENTS, text_frame
 from tests.conftest import PusherSocket, Running, ServerFactory, app_with
 from tests.replicas import free_port, wait_for
 
@@ -552,14 +553,20 @@ async def test_sockets_past_the_file_descriptor_limit_are_refused_counted_and_lo
 
 
 async def test_a_read_full_of_small_messages_does_not_hold_the_loop(running: Running) -> None:
-    """256 KiB of `pusher:ping` frames in one write is 5 000 messages in one read."""
-    _, writer = await raw_websocket(running)
+    """256 KiB of `pusher:ping` frames in one write is 5 000 messages in one read: they are
+    handled MAX_MESSAGES_PER_TURN per loop turn, in order, every one answered."""
+    reader, writer = await raw_websocket(running)
     ping = client_frame(Opcode.TEXT, b'{"event":"pusher:ping","data":{}}')
+    pong = text_frame(PONG)
+    count = 262144 // len(ping)
+    head = await reader.readexactly(2)  # pusher:connection_established
+    await reader.readexactly(
+        head[1] if head[1] < 126 else int.from_bytes(await reader.readexactly(2))
+    )
 
-    async def attack() -> None:
-        writer.write(ping * (262144 // len(ping)))
-        await writer.drain()
-        await asyncio.sleep(0.2)
+    async def attack() -> bytes:
+        writer.write(ping * count)
+        return await asyncio.wait_for(reader.readexactly(len(pong) * count), 10)
 
-    await stays_responsive(running, attack())
+    assert await stays_responsive(running, attack()) == pong * count
     writer.close()

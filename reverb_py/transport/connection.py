@@ -19,9 +19,10 @@ Design choices that matter for speed and memory (DESIGN.md "Performance design")
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import httptools
@@ -50,6 +51,8 @@ _MAX_PIPELINED_RESPONSES = 64
 MAX_REQUESTS_PER_READ = 32
 _FEED_SLICE = 1024
 _FEED_PER_TURN = 16384
+# WebSocket messages handed to the handler per loop turn for one client.
+MAX_MESSAGES_PER_TURN = 64
 _UNSTAMPED = -1.0  # a request began since the last sweep, which stamps it with its time
 # An HTTP answer waiting its turn: the response (or its future), keep-alive, and whether it
 # answers HEAD.
@@ -183,6 +186,7 @@ class Connection(asyncio.Protocol):
         "_registry",
         "_requests_in_read",
         "_responses",
+        "_unread",
         "_url",
         "_write_paused",
         "client_ip",
@@ -221,6 +225,8 @@ class Connection(asyncio.Protocol):
         self._requests_in_read = 0
         # The unparsed rest of a read, waiting for the next loop iteration (see _feed_http).
         self._backlog: bytes | None = None
+        # WebSocket messages of a read not yet handed on (see _handle_messages).
+        self._unread: Iterator[tuple[Received, bytes]] | None = None
         self._responses: deque[_Answer] = deque()
         self._pending: list[bytes] | None = None
         self._write_paused = False
@@ -595,8 +601,19 @@ class Connection(asyncio.Protocol):
         assert ws is not None
         if self.closing_since is not None:
             return  # after a close frame either way, nothing more is read
+        messages = ws.feed(data)
+        if self._unread is not None:  # read before pause_reading took effect: after the rest
+            messages = itertools.chain(self._unread, messages)
+            self._unread = None
+        self._handle_messages(messages)
+
+    def _handle_messages(self, messages: Iterator[tuple[Received, bytes]]) -> None:
+        """Hand each message to the handler, at most MAX_MESSAGES_PER_TURN per loop turn: a
+        256 KiB read of small frames is 5 000 messages. The rest of the read stays in the
+        suspended reader (`_unread`) and the socket is not read until it is handled."""
+        budget = MAX_MESSAGES_PER_TURN
         try:
-            for kind, payload in ws.feed(data):
+            for kind, payload in messages:
                 handler = self.handler
                 if handler is None:
                     return
@@ -610,8 +627,23 @@ class Connection(asyncio.Protocol):
                     return
                 if self.closing_since is not None:
                     return  # the handler closed the connection
+                budget -= 1
+                if not budget:
+                    self._unread = messages
+                    if self.transport is not None:
+                        self.transport.pause_reading()
+                    asyncio.get_running_loop().call_soon(self._continue_messages)
+                    return
         except FrameError as error:
             self._close_transport(error.code, error.reason)
+
+    def _continue_messages(self) -> None:
+        messages, self._unread = self._unread, None
+        transport = self.transport
+        if messages is None or transport is None or self.closing_since is not None:
+            return
+        transport.resume_reading()
+        self._handle_messages(messages)
 
     # Writing ------------------------------------------------------------------------------
 
