@@ -155,6 +155,23 @@ def test_stream_bounds_from_environment_and_toml(tmp_path: Path) -> None:
     assert (defaults.scaling_stream_length, defaults.scaling_backlog_seconds) == (10_000, 60.0)
 
 
+def test_transport_limits_from_flags_environment_and_toml(tmp_path: Path) -> None:
+    config = tmp_path / "reverb.toml"
+    config.write_text("[server]\nmax_header_size = 4096\nhttp_idle_timeout = 5\n", encoding="utf-8")
+    settings = load_settings(
+        flags={"request_timeout": 12.5},
+        environ={"REVERB_MAX_CONNECTIONS_PER_IP": "20"},
+        config_file=str(config),
+    )
+    assert settings.max_header_size == 4096  # was accepted in TOML and ignored
+    assert (settings.request_timeout, settings.http_idle_timeout) == (12.5, 5.0)
+    assert settings.max_connections_per_ip == 20
+    defaults = load_settings(environ={})
+    assert (defaults.request_timeout, defaults.max_connections_per_ip) == (60.0, 0)
+    with pytest.raises(ConfigError, match="REVERB_REQUEST_TIMEOUT"):
+        load_settings(environ={"REVERB_REQUEST_TIMEOUT": "0"})
+
+
 def test_secrets_stay_out_of_reprs() -> None:
     settings = load_settings(
         environ={
