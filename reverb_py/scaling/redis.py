@@ -289,8 +289,9 @@ class RedisLink:
             self._position = end
         elif _stream_id(end) < _stream_id(self._position):
             logger.warning(
-                "the Redis stream %r is behind our position (Redis restarted without it?): "
-                "reading it from the start",
+                "the Redis stream %r ends before our position (Redis restarted, or failed over "
+                "to a replica that had not yet received the last entries): reading it from the "
+                "start; entries that never reached it are counted as lost",
                 self.stream,
             )
             self._position = "0-0"
