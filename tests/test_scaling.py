@@ -45,9 +45,11 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any
                 asyncio.to_thread(
                     start_replica,
                     redis_server.url,
-                    REVERB_SCALING_CHANNEL=channel,
-                    REVERB_SCALING_NODE_TIMEOUT=NODE_TIMEOUT,
-                    **env,
+                    **{
+                        "REVERB_SCALING_CHANNEL": channel,
+                        "REVERB_SCALING_NODE_TIMEOUT": NODE_TIMEOUT,
+                        **env,
+                    },
                 )
                 for _ in range(count)
             )

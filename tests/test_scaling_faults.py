@@ -243,7 +243,9 @@ async def test_a_replica_away_longer_than_the_stream_keeps_counts_what_it_missed
 ) -> None:
     """Past the documented bound an event is not delivered, but it is counted and logged, and
     the state is resynchronised: every event is either delivered once, in order, or counted."""
-    sender, away = await replicas(2, REVERB_SCALING_STREAM_LENGTH="100")
+    sender, away = await replicas(
+        2, REVERB_SCALING_STREAM_LENGTH="100", REVERB_SCALING_NODE_TIMEOUT="1"
+    )
     watcher = await subscribed(away)
     await asyncio.sleep(0.3)
     away.process.send_signal(signal.SIGSTOP)

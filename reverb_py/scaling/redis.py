@@ -234,7 +234,6 @@ class RedisLink:
             was_down,
             counted(queued, "operation"),
         )
-        self._positions.retain(self.cluster.state.nodes)
         self.cluster.link_up(now)
         self._wake.set()
 
