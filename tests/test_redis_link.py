@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reverb_py.scaling.cluster import Cluster
+from reverb_py.scaling.ops import Heartbeat
 from reverb_py.scaling.redis import RedisLink, SenderPositions
 
 
@@ -58,10 +59,10 @@ def test_a_gap_is_counted_after_the_link_returns_even_for_a_reaped_sender() -> N
 def test_a_full_backlog_drops_the_oldest_counts_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     link = RedisLink("redis://127.0.0.1:1/0", "s", Cluster("node"), backlog_ops=3)
     for number in range(5):
-        link.send(["hb", {"n": number}])
+        link.send(Heartbeat({"n": number}))
     assert link.dropped == 2
     assert link.backlog()[0] == 3
-    assert [op[1]["n"] for _, op in link._outbox] == [2, 3, 4]  # the newest are kept
+    assert [op.to_wire()[1]["n"] for _, op in link._outbox] == [2, 3, 4]  # the newest are kept
     assert caplog.text.count("dropped the oldest operation") == 1  # throttled, not one per op
     status = link.status(0.0)
     assert status["link"] == "down" and status["queued"] == 3 and status["dropped"] == 2

@@ -5,7 +5,8 @@ and every query sees only local state. With a link (Redis), every change that ot
 must know about is forwarded as an operation, and operations from other replicas are applied
 to the local hubs and to the mirror of their state (`ClusterState`).
 
-Operations on the wire (JSON arrays; `payload` is the Pusher frame as a string):
+Operations on the wire (JSON arrays; `payload` is the Pusher frame as a string), each a type
+in `scaling.ops` that encodes to exactly this array and that `ops.decode` reads back:
   ["e", app, channel, payload, socket_id|null, cache]  an event for a channel
   ["u", app, user_id, payload, socket_id|null]        an event for a signed-in user
   ["t", app, user_id]                                  terminate that user's connections
@@ -31,44 +32,63 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from reverb_py.logs import counted
-from reverb_py.scaling.state import (
-    Change,
-    ClusterState,
-    NodeState,
-    Online,
-    snapshot_from_wire,
-    snapshot_to_wire,
-)
+from reverb_py.logs import ThrottledLog, counted
+from reverb_py.scaling import ops
+from reverb_py.scaling.state import Change, ClusterState, NodeState, Online
 
 if TYPE_CHECKING:
     from reverb_py.hub import AppHub
 
 logger = logging.getLogger("reverb_py.cluster")
 
-Op = list[Any]
+LOG_INTERVAL_SECONDS = 10.0
 
 
 class Link(Protocol):
     """Carries operations to every other replica, in order."""
 
-    connected: bool
+    @property
+    def connected(self) -> bool: ...
 
-    def send(self, op: Op) -> None: ...
+    def send(self, op: ops.Op) -> None: ...
 
     def status(self, now: float) -> dict[str, Any]: ...
 
 
 class Cluster:
-    def __init__(self, node_id: str, node_timeout: float = 10.0) -> None:
+    """This node's side of the cluster: what it tells the other replicas, and what it does
+    with what they tell it.
+
+    It owns the mirror of the other replicas (`state`, a `ClusterState`), the choice of the
+    webhook leader and the count of operations it refused. It does not own the local hubs:
+    it reads them (`hubs`, set by the router) for snapshots and presence checks, and applies
+    the other replicas' operations to them through their public methods.
+
+    Callers: the hubs call the outgoing methods (`forward_*`, `member_*`, `user_*`,
+    `subscriptions_changed`) as their local state changes; the link calls `receive`,
+    `link_up`, `link_down`, `announce` and `goodbye`; the server's periodic sweep calls
+    `reap` and `heartbeat`. All of them run on the event loop, one at a time. Time comes from
+    `clock` (or a `now` argument), so tests drive reaping and cache lifetimes without sleeping.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        node_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.node_id = node_id
         self.node_timeout = node_timeout
+        self.clock = clock
         self.hubs: dict[str, AppHub] = {}
         self.state = ClusterState(self._local_has, self._local_online)
         self.link: Link | None = None
+        self.malformed = 0  # operations from other replicas that could not be applied
         self._connected_since: float | None = None
+        self._log = ThrottledLog(logger, LOG_INTERVAL_SECONDS, clock)
 
     def _local_has(self, app_id: str, channel: str, key: str) -> bool:
         hub = self.hubs.get(app_id)
@@ -97,7 +117,7 @@ class Cluster:
         clients and the HTTP API."""
         return {} if self.link is None else {"cluster": self.link.status(now)}
 
-    def _send(self, op: Op) -> None:
+    def _send(self, op: ops.Op) -> None:
         link = self.link
         if link is not None:
             link.send(op)
@@ -107,44 +127,47 @@ class Cluster:
     def forward_event(
         self, app_id: str, channel: str, payload: bytes, socket_id: str | None, cache: bool
     ) -> None:
-        if self.link is not None:
-            self.link.send(["e", app_id, channel, payload.decode(), socket_id, cache])
+        link = self.link
+        if link is not None:
+            link.send(ops.Event(app_id, channel, payload.decode(), socket_id, cache))
 
     def forward_to_user(
         self, app_id: str, user_id: str, payload: bytes, socket_id: str | None
     ) -> None:
-        if self.link is not None:
-            self.link.send(["u", app_id, user_id, payload.decode(), socket_id])
+        link = self.link
+        if link is not None:
+            link.send(ops.UserEvent(app_id, user_id, payload.decode(), socket_id))
 
     def forward_terminate(self, app_id: str, user_id: str) -> None:
-        self._send(["t", app_id, user_id])
+        self._send(ops.Terminate(app_id, user_id))
 
     def member_joined(
         self, app_id: str, channel: str, key: str, user_id: Any, user_info: Any
     ) -> bool:
         """This node got its first socket for the user; True if the user is new cluster-wide."""
-        self._send(["p+", app_id, channel, key, user_id, user_info])
+        self._send(ops.MemberAdded(app_id, channel, key, user_id, user_info))
         return not self.state.remote_has(app_id, channel, key)
 
     def member_left(self, app_id: str, channel: str, key: str) -> bool:
         """This node lost its last socket for the user; True if the user is gone everywhere."""
-        self._send(["p-", app_id, channel, key])
+        self._send(ops.MemberRemoved(app_id, channel, key))
         return not self.state.remote_has(app_id, channel, key)
 
     def subscriptions_changed(self, app_id: str, channel: str, delta: int) -> None:
-        if self.link is not None:
-            self.link.send(["c", app_id, channel, delta])
+        link = self.link
+        if link is not None:
+            link.send(ops.CountChanged(app_id, channel, delta))
 
     def user_signed_in(self, app_id: str, user_id: str) -> bool:
         """This node got its first signed-in socket for the user; True if the user just came
         online cluster-wide."""
-        self._send(["s+", app_id, user_id])
+        self._send(ops.SignedIn(app_id, user_id))
         return not self.state.user_online(app_id, user_id)
 
     def user_signed_out(self, app_id: str, user_id: str) -> bool:
         """This node lost its last signed-in socket for the user; True if the user just went
         offline cluster-wide."""
-        self._send(["s-", app_id, user_id])
+        self._send(ops.SignedOut(app_id, user_id))
         return not self.state.user_online(app_id, user_id)
 
     # Membership of the cluster -------------------------------------------------------------
@@ -152,13 +175,15 @@ class Cluster:
     def announce(self, reply: bool) -> None:
         """Send our whole state: on start and after every reconnect, it replaces whatever the
         others believed about us (deltas may have been lost while Redis was away)."""
-        self._send(["snap", self._snapshot(), self._cache_snapshot(), reply])
+        if self.link is not None:
+            now = self.clock()
+            self.link.send(ops.Snapshot(self._snapshot(now), self._cache_snapshot(now), reply))
 
     def heartbeat(self) -> None:
-        self._send(["hb", {app_id: len(hub.sessions) for app_id, hub in self.hubs.items()}])
+        self._send(ops.Heartbeat({app_id: len(hub.sessions) for app_id, hub in self.hubs.items()}))
 
     def goodbye(self) -> None:
-        self._send(["bye"])
+        self._send(ops.Goodbye())
 
     def link_up(self, now: float) -> None:
         self._connected_since = now
@@ -188,76 +213,84 @@ class Cluster:
 
     # Incoming: operations from other replicas --------------------------------------------
 
-    def receive(self, sender: str, ops: list[Op], now: float | None = None) -> None:
+    def receive(self, sender: str, raw_ops: list[Any]) -> None:
+        """Apply operations another replica sent, as read from the wire (JSON arrays): one
+        that cannot be decoded is counted, logged (throttled) and skipped, never raised."""
         if sender == self.node_id:
             return
-        now = time.monotonic() if now is None else now
+        now = self.clock()
         joined = sender not in self.state.nodes
         self.state.seen(sender, now)
         if joined:
             logger.info("replica %s joined the cluster: %s", sender, counted(self.size, "replica"))
-        for op in ops:
+        for raw in raw_ops:
             try:
-                self._apply(sender, op, now)
-            except (IndexError, KeyError, TypeError, ValueError, AttributeError):
-                logger.warning("ignoring a malformed operation from replica %s", sender)
+                op = ops.decode(raw)
+            except ops.MalformedOp as exc:
+                self.malformed += 1
+                self._log.warning(
+                    "malformed",
+                    "ignoring an operation from replica %s that cannot be applied (%s): "
+                    "%d ignored so far",
+                    sender,
+                    exc.reason,
+                    self.malformed,
+                )
+                continue
+            self._apply(sender, op, now)
 
-    def _apply(self, sender: str, op: Op, now: float) -> None:
-        kind = op[0]
+    def _apply(self, sender: str, op: ops.Op, now: float) -> None:
         state = self.state
-        if kind == "e":
-            _, app_id, channel, payload, socket_id, cache = op
-            hub = self.hubs.get(app_id)
-            if hub is not None:
-                data = payload.encode()
-                if cache:
-                    hub.remember(channel, data, now)
-                hub.publish(channel, data, socket_id)
-        elif kind == "u":
-            _, app_id, user_id, payload, socket_id = op
-            hub = self.hubs.get(app_id)
-            if hub is not None:
-                hub.publish_to_user(user_id, payload.encode(), socket_id)
-        elif kind == "t":
-            hub = self.hubs.get(op[1])
-            if hub is not None:
-                hub.terminate_local(op[2])
-        elif kind == "p+":
-            _, app_id, channel, key, user_id, info = op
-            self._deliver(state.member_added(sender, app_id, channel, key, user_id, info, now))
-        elif kind == "p-":
-            _, app_id, channel, key = op
-            self._deliver(state.member_removed(sender, app_id, channel, key, now))
-        elif kind == "c":
-            _, app_id, channel, delta = op
-            hub = self.hubs.get(app_id)
-            tracked = hub is not None and hub.tracks_counts
-            before = hub.subscription_count(channel) if tracked else 0
-            state.channel_counts(sender, app_id, {channel: int(delta)}, now)
-            if tracked:
-                hub.count_changed(channel, before)
-        elif kind == "s+":
-            self._deliver(state.user_added(sender, op[1], op[2], now))
-        elif kind == "s-":
-            self._deliver(state.user_removed(sender, op[1], op[2], now))
-        elif kind == "hb":
-            state.heartbeat(sender, {k: int(v) for k, v in op[1].items()}, now)
-        elif kind == "snap":
-            _, snapshot, cache, reply = op
-            incoming = snapshot_from_wire(snapshot, now)
-            before = self._counts_before(sender, incoming)
-            self._deliver(state.replace(sender, incoming, now))
-            self._counts_after(before)
-            self._adopt_cache(cache, now)
-            if reply:
-                self.announce(reply=False)
-        elif kind == "bye":
-            before = self._counts_before(sender, None)
-            self._deliver(state.forget(sender))
-            self._counts_after(before)
-            logger.info("replica %s left the cluster: %s", sender, counted(self.size, "replica"))
+        match op:
+            case ops.Event(app_id, channel, payload, socket_id, cache):
+                hub = self.hubs.get(app_id)
+                if hub is not None:
+                    data = payload.encode()
+                    if cache:
+                        hub.remember(channel, data, now)
+                    hub.publish(channel, data, socket_id)
+            case ops.UserEvent(app_id, user_id, payload, socket_id):
+                hub = self.hubs.get(app_id)
+                if hub is not None:
+                    hub.publish_to_user(user_id, payload.encode(), socket_id)
+            case ops.Terminate(app_id, user_id):
+                hub = self.hubs.get(app_id)
+                if hub is not None:
+                    hub.terminate_local(user_id)
+            case ops.MemberAdded(app_id, channel, key, user_id, info):
+                self._deliver(state.member_added(sender, app_id, channel, key, user_id, info, now))
+            case ops.MemberRemoved(app_id, channel, key):
+                self._deliver(state.member_removed(sender, app_id, channel, key, now))
+            case ops.CountChanged(app_id, channel, delta):
+                hub = self.hubs.get(app_id)
+                if hub is None or not hub.tracks_counts:
+                    state.channel_counts(sender, app_id, {channel: delta}, now)
+                else:
+                    count = hub.subscription_count(channel)
+                    state.channel_counts(sender, app_id, {channel: delta}, now)
+                    hub.count_changed(channel, count)
+            case ops.SignedIn(app_id, user_id):
+                self._deliver(state.user_added(sender, app_id, user_id, now))
+            case ops.SignedOut(app_id, user_id):
+                self._deliver(state.user_removed(sender, app_id, user_id, now))
+            case ops.Heartbeat(connections):
+                state.heartbeat(sender, connections, now)
+            case ops.Snapshot(incoming, cache, reply):
+                counts = self._counts_before(sender, incoming)
+                self._deliver(state.replace(sender, incoming, now))
+                self._counts_after(counts)
+                self._adopt_cache(cache, now)
+                if reply:
+                    self.announce(reply=False)
+            case ops.Goodbye():
+                counts = self._counts_before(sender, None)
+                self._deliver(state.forget(sender))
+                self._counts_after(counts)
+                logger.info(
+                    "replica %s left the cluster: %s", sender, counted(self.size, "replica")
+                )
 
-    def _deliver(self, changes: list[Change]) -> None:
+    def _deliver(self, changes: Iterable[Change]) -> None:
         for change in changes:
             hub = self.hubs.get(change.app_id)
             if hub is None:
@@ -291,39 +324,36 @@ class Cluster:
 
     # Snapshots ---------------------------------------------------------------------------
 
-    def _snapshot(self) -> dict[str, Any]:
-        return snapshot_to_wire(
-            (
-                app_id,
-                len(hub.sessions),
-                {name: len(channel.subscribers) for name, channel in hub.channels.items()},
-                {
-                    name: {key: (m.user_id, m.user_info) for key, m in channel.members.items()}
-                    for name, channel in hub.channels.items()
-                    if channel.members
-                },
-                hub.users if hub.app.watchlist_events else (),
-            )
-            for app_id, hub in self.hubs.items()
-        )
+    def _snapshot(self, now: float) -> NodeState:
+        node = NodeState(last_seen=now)
+        for app_id, hub in self.hubs.items():
+            node.connections[app_id] = len(hub.sessions)
+            for name, channel in hub.channels.items():
+                node.channels[(app_id, name)] = len(channel.subscribers)
+                if channel.members:
+                    node.members[(app_id, name)] = {
+                        key: (m.user_id, m.user_info) for key, m in channel.members.items()
+                    }
+            if hub.app.watchlist_events and hub.users:
+                node.users[app_id] = set(hub.users)
+        return node
 
-    def _cache_snapshot(self) -> dict[str, dict[str, list[Any]]]:
-        now = time.monotonic()
+    def _cache_snapshot(self, now: float) -> ops.CacheEntries:
         return {
             app_id: {
-                name: [entry.payload.decode(), entry.expires_at - now]
+                name: (entry.payload.decode(), entry.expires_at - now)
                 for name, entry in hub.cache.items()
                 if entry.expires_at > now
             }
             for app_id, hub in self.hubs.items()
         }
 
-    def _adopt_cache(self, cache: dict[str, dict[str, list[Any]]], now: float) -> None:
+    def _adopt_cache(self, cache: ops.CacheEntries, now: float) -> None:
         for app_id, entries in cache.items():
             hub = self.hubs.get(app_id)
             if hub is None:
                 continue
             for name, (payload, ttl) in entries.items():
                 current = hub.cache.get(name)
-                if current is None or current.expires_at < now + float(ttl):
-                    hub.remember(name, payload.encode(), now, ttl=float(ttl))
+                if current is None or current.expires_at < now + ttl:
+                    hub.remember(name, payload.encode(), now, ttl=ttl)

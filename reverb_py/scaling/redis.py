@@ -26,19 +26,19 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Container, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import RedisError
 
 from reverb_py.config import RedisSettings
 from reverb_py.logs import ThrottledLog, counted
-from reverb_py.scaling.cluster import Cluster, Op
+from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.connect import RedisClient, connect
+from reverb_py.scaling.ops import Op
 
 logger = logging.getLogger("reverb_py.redis")
 
@@ -97,6 +97,9 @@ class Batch:
     queued_at: float
 
 
+_XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
+
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     milliseconds, _, sequence = text.partition("-")
@@ -112,6 +115,7 @@ class RedisLink:
         backlog_seconds: float = 60.0,
         backlog_ops: int = 100_000,
         stream_length: int = 10_000,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -119,10 +123,11 @@ class RedisLink:
         self.backlog_seconds = backlog_seconds
         self.backlog_ops = backlog_ops
         self.stream_length = stream_length
+        self.clock = cluster.clock if clock is None else clock
         self.connected = False
         self._ever_connected = False
         self._told_unreachable = False
-        self._down_since: float | None = time.monotonic()
+        self._down_since: float | None = self.clock()
         # Counters read by the metrics (and the /ready body).
         self.dropped = 0  # never appended: queued longer than the backlog allows
         self.lost = 0  # appended by another replica, never read here (trimmed or lost)
@@ -137,7 +142,7 @@ class RedisLink:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: RedisClient | None = None
-        self._log = ThrottledLog(logger, LOG_INTERVAL_SECONDS)
+        self._log = ThrottledLog(logger, LOG_INTERVAL_SECONDS, self.clock)
 
     def _client(self) -> RedisClient:
         """Every Redis connection of the link comes from here (one place to change how)."""
@@ -152,7 +157,7 @@ class RedisLink:
 
     def send(self, op: Op) -> None:
         outbox = self._outbox
-        outbox.append((time.monotonic(), op))
+        outbox.append((self.clock(), op))
         if len(outbox) > self.backlog_ops:
             outbox.popleft()
             self.dropped += 1
@@ -196,7 +201,7 @@ class RedisLink:
         it restarts with back-off (none after a long healthy run)."""
         delay = RETRY_MIN_SECONDS
         while True:
-            started = time.monotonic()
+            started = self.clock()
             try:
                 await run()
                 reason = "returned"
@@ -207,7 +212,7 @@ class RedisLink:
             self.restarts[name] += 1
             if name == "reader":
                 self._link_lost(reason)
-            if time.monotonic() - started > HEALTHY_RUN_SECONDS:
+            if self.clock() - started > HEALTHY_RUN_SECONDS:
                 delay = RETRY_MIN_SECONDS
             self._log.warning(
                 f"task:{name}",
@@ -251,7 +256,7 @@ class RedisLink:
                 "cannot reach Redis (%s): retrying; serving local clients meanwhile", reason
             )
         if self._down_since is None:
-            self._down_since = time.monotonic()
+            self._down_since = self.clock()
         self.connected = False
         self.cluster.link_down()
 
@@ -262,14 +267,16 @@ class RedisLink:
         while True:
             client = self._client()
             try:
-                await self._find_position(client)
-                self._link_up(time.monotonic())
+                self._position = await self._find_position(client)
+                self._link_up(self.clock())
                 delay = RETRY_MIN_SECONDS
                 while True:
                     response = await client.xread(
                         {self.stream: self._position}, count=READ_COUNT, block=READ_BLOCK_MS
                     )
-                    for _stream, entries in response or ():
+                    # RESP2 (the client's protocol): [[stream, [(id, fields), ...]]]; redis-py
+                    # types every protocol's shape at once.
+                    for _stream, entries in cast(_XReadReply, response or ()):
                         self._receive(entries)
             except (RedisError, OSError) as exc:
                 self._link_lost(_describe(exc))
@@ -278,22 +285,24 @@ class RedisLink:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _find_position(self, client: RedisClient) -> None:
+    async def _find_position(self, client: RedisClient) -> str:
         """Where to read from: the stream's end on first start (history before this replica
         existed is not its business), else where we left off; from the start of the stream if
         the stream is younger than our position (Redis lost it and started a new one)."""
         last = await client.xrevrange(self.stream, "+", "-", count=1)
-        end = last[0][0].decode() if last else "0-0"
+        newest = last[0][0] if last else None
+        end = newest.decode() if isinstance(newest, bytes) else newest or "0-0"
         if self._position is None:
-            self._position = end
-        elif _stream_id(end) < _stream_id(self._position):
+            return end
+        if _stream_id(end) < _stream_id(self._position):
             logger.warning(
                 "the Redis stream %r ends before our position (Redis restarted, or failed over "
                 "to a replica that had not yet received the last entries): reading it from the "
                 "start; entries that never reached it are counted as lost",
                 self.stream,
             )
-            self._position = "0-0"
+            return "0-0"
+        return self._position
 
     def _receive(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         node = self.cluster.node_id
@@ -376,7 +385,11 @@ class RedisLink:
         assert self._writer is not None
         await self._writer.xadd(
             self.stream,
-            {"n": self.cluster.node_id, "c": batch.first, "o": orjson.dumps(batch.ops)},
+            {
+                "n": self.cluster.node_id,
+                "c": batch.first,
+                "o": orjson.dumps([op.to_wire() for op in batch.ops]),
+            },
             maxlen=self.stream_length,
             approximate=True,
         )
@@ -384,7 +397,7 @@ class RedisLink:
     def _drop_stale(self) -> None:
         """Operations queued longer than the backlog window are dropped, counted and logged
         (state changes among them are superseded by the announcement after a reconnect)."""
-        horizon = time.monotonic() - self.backlog_seconds
+        horizon = self.clock() - self.backlog_seconds
         outbox = self._outbox
         stale = 0
         while outbox and outbox[0][0] < horizon:

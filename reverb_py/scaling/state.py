@@ -13,7 +13,7 @@ one node has a signed-in connection for it, and `Online` reports the flips of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,16 @@ LocalOnline = Callable[[str, str], bool]
 
 
 class ClusterState:
+    """The mirror of every other replica's contribution, and the presence and online rules.
+
+    It owns `nodes` (node id -> `NodeState`) and nothing else: it reads this node's own
+    members and signed-in users through the two callables it is given, so that every rule
+    ("present on at least one node") is decided here and nowhere else. Only `Cluster` updates
+    it (as operations arrive, on reaping and on goodbye); the hubs and the metrics query it.
+    Pure bookkeeping: no I/O, and time is always an argument. Each update returns the
+    cluster-wide transitions it caused, for the caller to deliver.
+    """
+
     def __init__(self, local_has: LocalHas, local_online: LocalOnline) -> None:
         self.nodes: dict[str, NodeState] = {}
         self._local_has = local_has
@@ -217,36 +227,3 @@ class ClusterState:
                 if user_id not in kept_users and not self._online(app_id, user_id):
                     changes.append(Online(app_id, user_id, online=False))
         return changes
-
-
-def snapshot_from_wire(data: dict[str, Any], now: float) -> NodeState:
-    """Inverse of `snapshot_to_wire` (JSON has no tuple keys, so apps nest channels)."""
-    node = NodeState(last_seen=now)
-    for app_id, app in data.items():
-        node.connections[app_id] = int(app.get("connections", 0))
-        for channel, count in app.get("channels", {}).items():
-            node.channels[(app_id, channel)] = int(count)
-        for channel, members in app.get("members", {}).items():
-            node.members[(app_id, channel)] = {
-                key: (value[0], value[1]) for key, value in members.items()
-            }
-        if app.get("users"):
-            node.users[app_id] = {str(user_id) for user_id in app["users"]}
-    return node
-
-
-def snapshot_to_wire(
-    apps: Iterable[tuple[str, int, dict[str, int], dict[str, Members], Iterable[str]]],
-) -> dict[str, Any]:
-    return {
-        app_id: {
-            "connections": connections,
-            "channels": channels,
-            "members": {
-                channel: {key: [user_id, info] for key, (user_id, info) in members.items()}
-                for channel, members in presence.items()
-            },
-            "users": list(users),
-        }
-        for app_id, connections, channels, presence, users in apps
-    }
