@@ -97,6 +97,8 @@ done
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# Type checking: strict for the modules listed in pyproject.toml's [tool.mypy] (scaling/ now).
+.venv/bin/mypy
 
 set +e
 .venv/bin/python -m pytest "$@"
