@@ -314,6 +314,11 @@ class ServerCollector:
             "Other replicas this node currently hears from through Redis.",
             value=len(self.cluster.state.nodes),
         )
+        yield CounterMetricFamily(
+            "reverb_cluster_malformed_operations",
+            "Operations from other replicas that could not be decoded and were skipped.",
+            value=self.cluster.malformed,
+        )
 
 
 class Metrics:

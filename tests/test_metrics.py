@@ -274,6 +274,10 @@ async def test_redis_link_up_shows_in_metrics(redis_server: RedisServer) -> None
         assert value(samples, "reverb_redis_lost_operations_total") == 0
         assert value(samples, "reverb_redis_down_seconds") == 0
         assert value(samples, "reverb_cluster_replicas") == 0
+        assert value(samples, "reverb_cluster_malformed_operations_total") == 0
+        server.cluster.receive("bad-replica", [["no-such-operation"]])
+        samples = await scrape(server.port)
+        assert value(samples, "reverb_cluster_malformed_operations_total") == 1
         status, _, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/ready")
         assert status == 200
         assert json.loads(body)["cluster"]["link"] == "up"
