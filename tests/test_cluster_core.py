@@ -400,17 +400,30 @@ def snapshot_ops(node: Node, reply: bool = False) -> list[Any]:
     return [snapshot.to_wire()]
 
 
-def test_a_delta_that_arrives_before_the_snapshot_including_it_is_not_repeated(
-    stream: Stream,
-) -> None:
+def take_queued(node: Node) -> list[Any]:
+    """What `node` has queued for the stream, in wire form, taken out of its link: the test
+    hands it to the other node in the order it chooses."""
+    queued = [op.to_wire() for _, op in node.link._outbox]
+    node.link._outbox.clear()
+    return queued
+
+
+def member_joins_on_a(stream: Stream) -> tuple[Node, Node, Session, Session]:
+    """`b` has a presence subscriber; user 42 joins on `a`, whose operations are not sent."""
     a, b = stream.start("a"), stream.start("b")
     stream.flush()
     watcher = b.connect()
     b.subscribe(watcher, "presence-room", ("w", None))
     tab = a.connect()
     a.subscribe(tab, "presence-room", (42, None))
-    delta = [op.to_wire() for _, op in a.link._outbox]
-    b.cluster.receive("a", delta)
+    return a, b, watcher, tab
+
+
+def test_a_delta_that_arrives_before_the_snapshot_including_it_is_not_repeated(
+    stream: Stream,
+) -> None:
+    a, b, watcher, _ = member_joins_on_a(stream)
+    b.cluster.receive("a", take_queued(a))
     b.cluster.receive("a", snapshot_ops(a))
     assert watcher.socket.events("pusher_internal:member_added") == [
         {"user_id": 42, "user_info": None}
@@ -421,13 +434,11 @@ def test_a_delta_that_arrives_before_the_snapshot_including_it_is_not_repeated(
 def test_a_delta_that_arrives_after_the_snapshot_including_it_is_not_repeated(
     stream: Stream,
 ) -> None:
-    a, b = stream.start("a"), stream.start("b")
-    stream.flush()
-    watcher = b.connect()
-    b.subscribe(watcher, "presence-room", ("w", None))
-    tab = a.connect()
-    a.subscribe(tab, "presence-room", (42, None))
-    delta = [op.to_wire() for _, op in a.link._outbox]
+    """Presence operations are idempotent against snapshots in both orders. (Count deltas are
+    not, and need not be: a sender's operations reach every reader in the order it made them,
+    and an entry read twice is applied once, so a snapshot never overtakes its own deltas.)"""
+    a, b, watcher, tab = member_joins_on_a(stream)
+    delta = take_queued(a)
     b.cluster.receive("a", snapshot_ops(a))
     b.cluster.receive("a", [op for op in delta if op[0] == "p+"])
     assert watcher.socket.events("pusher_internal:member_added") == [
@@ -435,7 +446,7 @@ def test_a_delta_that_arrives_after_the_snapshot_including_it_is_not_repeated(
     ]
     # ...and a removal the snapshot already reflects is not announced again.
     a.unsubscribe(tab, "presence-room")
-    removal = [op.to_wire() for _, op in a.link._outbox if isinstance(op, ops.MemberRemoved)]
+    removal = take_queued(a)
     b.cluster.receive("a", snapshot_ops(a))
     b.cluster.receive("a", removal)
     assert watcher.socket.events("pusher_internal:member_removed") == [{"user_id": 42}]
