@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 from reverb_py.logs import ThrottledLog, counted
 from reverb_py.scaling import ops
@@ -289,6 +289,8 @@ class Cluster:
                 logger.info(
                     "replica %s left the cluster: %s", sender, counted(self.size, "replica")
                 )
+            case _:  # every kind has its case: mypy checks it when one is added
+                assert_never(op)
 
     def _deliver(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -305,10 +307,9 @@ class Cluster:
     ) -> dict[tuple[str, str], int]:
         """Cluster-wide counts of the channels a whole-node change (snapshot, departure) is
         about to touch, for the apps that act on count changes."""
-        touched = set(incoming.channels) if incoming is not None else set()
-        node = self.state.nodes.get(node_id)
-        if node is not None:
-            touched.update(node.channels)
+        touched = set(self.state.nodes[node_id].channels)  # known: seen before it is applied
+        if incoming is not None:
+            touched.update(incoming.channels)
         counts = {}
         for app_id, channel in touched:
             hub = self.hubs.get(app_id)
