@@ -66,3 +66,22 @@ def test_a_full_backlog_drops_the_oldest_counts_and_logs(caplog: pytest.LogCaptu
     assert caplog.text.count("dropped the oldest operation") == 1  # throttled, not one per op
     status = link.status(0.0)
     assert status["link"] == "down" and status["queued"] == 3 and status["dropped"] == 2
+
+
+def test_operations_older_than_the_backlog_window_are_dropped_on_the_links_clock(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    cluster = Cluster("node", clock=lambda: now[0])
+    link = RedisLink("redis://127.0.0.1:1/0", "s", cluster, backlog_seconds=60.0)
+    assert link.down_seconds(now[0]) == 0.0  # down since it was made, on the same clock
+    link.send(Heartbeat({"1": 1}))
+    now[0] += 30
+    link.send(Heartbeat({"1": 2}))
+    assert link.backlog() == (2, 100.0)
+    now[0] += 31  # the first is 61 s old, the second 31 s
+    batch = link._next_batch()
+    assert batch is not None and [op.to_wire() for op in batch.ops] == [["hb", {"1": 2}]]
+    assert batch.first == 0 and link.dropped == 1
+    assert "dropped 1 operation queued longer than 60 s" in caplog.text
+    assert link.down_seconds(now[0]) == 61.0
