@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from reverb_py.config import RedisSettings
 
@@ -68,13 +68,15 @@ class _SentinelMaster(aioredis.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+        pool = self.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)  # master_for builds it so
+        for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
 
 
 def _sentinel_master(settings: RedisSettings, socket_options: dict[str, Any]) -> aioredis.Redis:
     tls = _tls_options(settings)
-    sentinel = Sentinel(
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         settings.sentinels,
         sentinel_kwargs={
             "username": settings.sentinel_username,
@@ -88,4 +90,7 @@ def _sentinel_master(settings: RedisSettings, socket_options: dict[str, Any]) ->
         **tls,
         **socket_options,
     )
-    return sentinel.master_for(settings.sentinel_service, redis_class=_SentinelMaster)
+    master: _SentinelMaster = sentinel.master_for(
+        settings.sentinel_service, redis_class=_SentinelMaster
+    )
+    return master
