@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from reverb_py.config import RedisSettings
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.ops import Heartbeat
 from reverb_py.scaling.redis import RedisLink, SenderPositions
+
+# Never connected to: these tests drive the link's bookkeeping only.
+UNREACHABLE = RedisSettings(url="redis://127.0.0.1:1/0")
 
 
 def test_entries_in_order_are_applied_whole() -> None:
@@ -57,7 +61,7 @@ def test_a_gap_is_counted_after_the_link_returns_even_for_a_reaped_sender() -> N
 
 
 def test_a_full_backlog_drops_the_oldest_counts_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    link = RedisLink("redis://127.0.0.1:1/0", "s", Cluster("node"), backlog_ops=3)
+    link = RedisLink(UNREACHABLE, "s", Cluster("node"), backlog_ops=3)
     for number in range(5):
         link.send(Heartbeat({"n": number}))
     assert link.dropped == 2
@@ -73,7 +77,7 @@ def test_operations_older_than_the_backlog_window_are_dropped_on_the_links_clock
 ) -> None:
     now = [100.0]
     cluster = Cluster("node", clock=lambda: now[0])
-    link = RedisLink("redis://127.0.0.1:1/0", "s", cluster, backlog_seconds=60.0)
+    link = RedisLink(UNREACHABLE, "s", cluster, backlog_seconds=60.0)
     assert link.down_seconds(now[0]) == 0.0  # down since it was made, on the same clock
     link.send(Heartbeat({"1": 1}))
     now[0] += 30
