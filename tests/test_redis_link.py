@@ -53,7 +53,7 @@ def test_departed_senders_are_forgotten() -> None:
 def test_a_gap_is_counted_after_the_link_returns_even_for_a_reaped_sender() -> None:
     """A replica that was paused longer than the node timeout reaps the others as it resumes,
     and its reader reconnects; the operations it missed are still counted as lost."""
-    link = RedisLink("redis://127.0.0.1:1/0", "s", Cluster("me"))
+    link = RedisLink(UNREACHABLE, "s", Cluster("me"))
     link._receive([(b"1-0", {b"n": b"other", b"c": b"0", b"o": b"[]"})])
     link._link_up(0.0)  # "other" is not among the cluster's nodes: it was reaped meanwhile
     link._receive([(b"9-0", {b"n": b"other", b"c": b"40", b"o": b"[]"})])
