@@ -243,9 +243,18 @@ static int cpu_busy_s(double busy[MAX_CPUS], double total[MAX_CPUS]) {
 
 /* Log-linear buckets over nanoseconds: 64 sub-buckets per power of two, < 1.6 % error. */
 #define HIST_N (64 + 58 * 64)
-static uint64_t hist[HIST_N], hist_count;
+typedef struct {
+    uint64_t bucket[HIST_N], count;
+} histogram;
 
-static void hist_add(uint64_t v) {
+/* Every sample, and the same samples split by the receiving socket's position in the order the
+ * sockets finished subscribing (tenths of the ready sockets), which is the order a server that
+ * keeps subscribers in insertion order fans a message out in: it shows whether the tail is the
+ * end of one long fan-out loop. */
+#define DECILES 10
+static histogram hist, hist_decile[DECILES];
+
+static void hist_add(histogram *h, uint64_t v) {
     int idx;
     if (v < 64)
         idx = (int)v;
@@ -253,8 +262,8 @@ static void hist_add(uint64_t v) {
         int shift = 63 - __builtin_clzll(v) - 6;
         idx = 64 + shift * 64 + (int)((v >> shift) & 63);
     }
-    hist[idx]++;
-    hist_count++;
+    h->bucket[idx]++;
+    h->count++;
 }
 
 static double hist_value_ms(int idx) {
@@ -264,12 +273,12 @@ static double hist_value_ms(int idx) {
     return (lo + width / 2) / 1e6;
 }
 
-static double hist_quantile_ms(double q) {
-    if (!hist_count) return -1;
-    uint64_t want = (uint64_t)ceil(q * (double)hist_count), seen = 0;
+static double hist_quantile_ms(const histogram *h, double q) {
+    if (!h->count) return -1;
+    uint64_t want = (uint64_t)ceil(q * (double)h->count), seen = 0;
     if (want == 0) want = 1;
     for (int i = 0; i < HIST_N; i++)
-        if ((seen += hist[i]) >= want) return hist_value_ms(i);
+        if ((seen += h->bucket[i]) >= want) return hist_value_ms(i);
     return -1;
 }
 
@@ -318,6 +327,7 @@ typedef struct conn {
     uint32_t rlen, rcap, wlen, woff, wcap;
     uint16_t subs_ok, subs_total;
     int32_t sub_index; /* mock: position in the subscriber list, -1 when not subscribed */
+    uint32_t ready_rank; /* how many sockets were ready before this one */
     uint64_t recv_bench, sent_events;
     char socket_id[32];
 } conn;
@@ -611,6 +621,7 @@ static void signin(conn *c) {
 static void ws_ready(conn *c) {
     c->state = S_READY;
     c->was_ready = 1;
+    c->ready_rank = (uint32_t)S.ws_ready;
     S.ws_ready++;
     inflight--;
 }
@@ -625,7 +636,12 @@ static void on_client_text(conn *c, char *p, size_t n, uint64_t now) {
         S.bench_recv++;
         c->recv_bench++;
         t_last_recv = now;
-        if (ts >= warmup_until && now >= ts) hist_add(now - ts);
+        if (ts >= warmup_until && now >= ts) {
+            hist_add(&hist, now - ts);
+            if (O.conns > 0 && c->ready_rank < (uint32_t)O.conns)
+                hist_add(&hist_decile[(uint64_t)c->ready_rank * DECILES / (uint64_t)O.conns],
+                         now - ts);
+        }
         return;
     }
     if (memmem(p, n, "pusher:ping", 11)) {
@@ -1053,12 +1069,24 @@ static void finish(void) {
         jnum("ws_pings", (double)S.ws_pings);
         jnum("pongs_sent", (double)S.pongs);
     }
-    if (hist_count) {
-        jnum("latency_samples", (double)hist_count);
-        jnum("latency_p50_ms", hist_quantile_ms(0.50));
-        jnum("latency_p90_ms", hist_quantile_ms(0.90));
-        jnum("latency_p99_ms", hist_quantile_ms(0.99));
-        jnum("latency_max_ms", hist_quantile_ms(1.0));
+    if (hist.count) {
+        jnum("latency_samples", (double)hist.count);
+        jnum("latency_p50_ms", hist_quantile_ms(&hist, 0.50));
+        jnum("latency_p90_ms", hist_quantile_ms(&hist, 0.90));
+        jnum("latency_p99_ms", hist_quantile_ms(&hist, 0.99));
+        jnum("latency_max_ms", hist_quantile_ms(&hist, 1.0));
+        char key[40];
+        for (int d = 0; d < DECILES; d++) {
+            if (!hist_decile[d].count) continue;
+            static const struct {
+                const char *name;
+                double q;
+            } qs[] = {{"p50", 0.50}, {"p99", 0.99}, {"max", 1.0}};
+            for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++) {
+                snprintf(key, sizeof key, "latency_decile%d_%s_ms", d, qs[i].name);
+                jnum(key, hist_quantile_ms(&hist_decile[d], qs[i].q));
+            }
+        }
     }
     printf("}\n");
     fflush(stdout);
