@@ -384,12 +384,14 @@ class AppHub:
 
     def broadcast(
         self, name: str, payload: bytes, except_socket_id: str | None = None, cache: bool = False
-    ) -> None:
-        """An event published here: to local subscribers now, and to the other replicas."""
+    ) -> int:
+        """An event published here: to local subscribers now, and to the other replicas; how
+        many local sockets it was queued on."""
         if cache:
             self.remember(name, payload, None)
-        self.publish(name, payload, except_socket_id)
+        delivered = self.publish(name, payload, except_socket_id)
         self.cluster.forward_event(self.app.id, name, payload, except_socket_id, cache)
+        return delivered
 
     def publish(self, name: str, payload: bytes, except_socket_id: str | None = None) -> int:
         """Deliver to this node's subscribers; how many sockets it was queued on."""

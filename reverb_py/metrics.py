@@ -18,7 +18,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from reverb_py import __version__
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
@@ -53,6 +58,7 @@ class ServerCollector:
         yield from self._connections()
         yield from self._channels()
         yield from self._traffic()
+        yield self._delivery_latency()
         yield from self._webhooks()
         if self.link is not None:
             yield from self._redis(self.link)
@@ -219,6 +225,16 @@ class ServerCollector:
         yield from families.values()
         yield from by_reason.values()
         yield api
+
+    def _delivery_latency(self) -> Metric:
+        latency = self.router.api.delivery_latency
+        return HistogramMetricFamily(
+            "reverb_delivery_latency_seconds",
+            "From a trigger accepted by the HTTP API to its frame handed to the last local "
+            "subscriber's socket (one observation per triggered event that reached a socket).",
+            buckets=latency.cumulative(),
+            sum_value=latency.total,
+        )
 
     def _webhooks(self) -> Iterator[Metric]:
         queued = GaugeMetricFamily(

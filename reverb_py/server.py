@@ -149,7 +149,7 @@ class Server:
         loop = asyncio.get_running_loop()
         settings = self.settings
         await self.store.start()  # apps first: the first client must find its app
-        coalescer = WriteCoalescer(loop)
+        coalescer = WriteCoalescer(loop, self.router.api.delivery_latency)
         limits = ConnectionLimits(
             max_body=settings.max_request_size,
             max_header=settings.max_header_size,

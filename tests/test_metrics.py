@@ -137,6 +137,25 @@ async def test_message_counters_follow_traffic_exactly(metered: Running) -> None
     ) == len(ping)
 
 
+async def test_a_trigger_that_reaches_a_socket_is_one_delivery_latency_observation(
+    metered: Running,
+) -> None:
+    client = await metered.connect()
+    await client.subscribe("alerts")
+    sdk = metered.sdk()
+    await metered.call(sdk.trigger, "nobody-listens", "panic", {})  # reached no socket
+    before = await scrape(metered.port)
+    await metered.call(sdk.trigger, "alerts", "panic", {"zone": 3})
+    await client.expect("panic")
+    after = await scrape(metered.port)
+    count = "reverb_delivery_latency_seconds_count"
+    assert value(before, count) == 0
+    assert value(after, count) == 1
+    seconds = value(after, "reverb_delivery_latency_seconds_sum")
+    assert 0 < seconds < 5
+    assert value(after, "reverb_delivery_latency_seconds_bucket", le="+Inf") == 1
+
+
 async def test_http_api_requests_by_endpoint_and_status(metered: Running) -> None:
     good = metered.sdk()
     bad = pusher.Pusher(

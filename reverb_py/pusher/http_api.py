@@ -17,6 +17,7 @@ import orjson
 
 from reverb_py.config import App
 from reverb_py.hub import AppHub
+from reverb_py.latency import DeliveryLatency
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
     SERVER_TO_USER_PREFIX,
@@ -63,6 +64,7 @@ class HttpApi:
         self.hubs_by_key = hubs_by_key
         self.prefix = prefix
         self.clock = clock
+        self.delivery_latency = DeliveryLatency()
 
     def handle(self, request: HttpRequest, path: str) -> HttpResponse:
         """`path` is the request path with the server prefix removed, starting `/apps/`."""
@@ -163,13 +165,19 @@ class HttpApi:
         )
 
     def _publish(self, hub: AppHub, event: Event) -> None:
+        latency = self.delivery_latency
+        started = latency.now()
+        delivered = 0
         for channel in event.channels:
             payload = messages.encode_event(event.name, event.data, channel)
             if channel.startswith(SERVER_TO_USER_PREFIX):
                 user_id = channel[len(SERVER_TO_USER_PREFIX) :]
                 hub.send_to_user(user_id, payload, event.socket_id)
             else:
-                hub.broadcast(channel, payload, event.socket_id, channel_type(channel).cached)
+                cached = channel_type(channel).cached
+                delivered += hub.broadcast(channel, payload, event.socket_id, cached)
+        if delivered:
+            latency.accepted(started)
 
     # Queries -----------------------------------------------------------------------------
 

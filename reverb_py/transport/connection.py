@@ -28,6 +28,7 @@ from typing import Protocol
 import httptools
 from websockets.frames import Opcode
 
+from reverb_py.latency import DeliveryLatency
 from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
 from reverb_py.transport.refusals import TransportRefusals
 from reverb_py.transport.websocket import (
@@ -103,12 +104,18 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
 
 
 class WriteCoalescer:
-    """Flushes every connection that has queued frames, once per event-loop iteration."""
+    """Flushes every connection that has queued frames, once per event-loop iteration.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    `latency` (the HTTP API's) is told when every frame of the iteration was written: the end
+    of each trigger's fan-out."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_dirty", "_latency", "_loop", "_scheduled")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, latency: DeliveryLatency | None = None
+    ) -> None:
         self._loop = loop
+        self._latency = latency
         self._dirty: list[Connection] = []
         self._scheduled = False
 
@@ -128,6 +135,8 @@ class WriteCoalescer:
                 connection.flush()
         for connection in dirty:
             connection.flush()
+        if self._latency is not None:
+            self._latency.flushed()
 
 
 class ConnectionLimits:
