@@ -28,7 +28,8 @@ def _values(runs: list[Run], scenario: str, server: str, key: str) -> list[float
 
 
 def summarize(runs: list[Run], scenarios: list[Scenario], servers: list[str]) -> dict[str, Any]:
-    """{scenario: {metric key: {server: {median, min, max, n}, "ratio": first/second}}}."""
+    """{scenario: {metric key: {server: {median, min, max, n}, "ratios": {other: first/other}}}}
+    with "ratio" (first/second) too when there are exactly two servers."""
     summary: dict[str, Any] = {}
     for scenario in scenarios:
         metrics: dict[str, Any] = {}
@@ -43,9 +44,16 @@ def summarize(runs: list[Run], scenarios: list[Scenario], servers: list[str]) ->
                         "max": max(values),
                         "n": len(values),
                     }
-            if len(servers) == 2 and all(s in entry for s in servers):
-                first, second = (entry[s]["median"] for s in servers)
-                entry["ratio"] = first / second if second else None
+            first = entry.get(servers[0], {}).get("median")
+            ratios = {
+                other: first / entry[other]["median"] if entry[other]["median"] else None
+                for other in servers[1:]
+                if first is not None and other in entry
+            }
+            if ratios:
+                entry["ratios"] = ratios
+            if len(servers) == 2 and servers[1] in ratios:
+                entry["ratio"] = ratios[servers[1]]
             metrics[metric.key] = entry
         summary[scenario.name] = metrics
     return summary
@@ -85,10 +93,10 @@ def _verdict(ratio: float | None, higher_is_better: bool | None, both_zero: bool
 
 
 def table(summary: dict[str, Any], scenarios: list[Scenario], servers: list[str]) -> str:
-    """Markdown: one row per scenario metric, median [min-max] per server, ratio of medians."""
+    """Markdown: one row per scenario metric, median [min-max] per server, and the ratio of the
+    first server's median to each other's."""
     header = ["scenario", "metric", *servers]
-    if len(servers) == 2:
-        header.append(f"{servers[0]} / {servers[1]}")
+    header += [f"{servers[0]} / {other}" for other in servers[1:]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scenario in scenarios:
         for metric in scenario.metrics:
@@ -96,9 +104,10 @@ def table(summary: dict[str, Any], scenarios: list[Scenario], servers: list[str]
             arrow = {True: " (higher better)", False: " (lower better)", None: ""}
             row = [scenario.name, metric.label + arrow[metric.higher_is_better]]
             row += [_cell(entry.get(server)) for server in servers]
-            if len(servers) == 2:
-                both_zero = all(entry.get(s, {}).get("median") == 0 for s in servers)
-                row.append(_verdict(entry.get("ratio"), metric.higher_is_better, both_zero))
+            for other in servers[1:]:
+                both_zero = all(entry.get(s, {}).get("median") == 0 for s in (servers[0], other))
+                ratio = entry.get("ratios", {}).get(other)
+                row.append(_verdict(ratio, metric.higher_is_better, both_zero))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
