@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from reverb_py.latency import BUCKETS, MAX_PENDING, DeliveryLatency
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock
 
 
 def test_each_trigger_is_observed_once_at_the_flush_that_wrote_it() -> None:
-    clock = Clock()
+    clock = ManualClock()
     latency = DeliveryLatency(clock)
     first = latency.now()
     latency.accepted(first)
@@ -33,7 +26,7 @@ def test_each_trigger_is_observed_once_at_the_flush_that_wrote_it() -> None:
 
 
 def test_a_flood_in_one_iteration_keeps_a_bounded_list() -> None:
-    clock = Clock()
+    clock = ManualClock()
     latency = DeliveryLatency(clock)
     for _ in range(MAX_PENDING * 3):
         latency.accepted(clock.now)

@@ -11,18 +11,11 @@ import pytest
 from reverb_py import pauses
 from reverb_py.pauses import PauseProbe, PauseRecorder
 from reverb_py.server import freeze_startup_objects
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock
 
 
 def test_gc_pauses_are_tallied_per_generation_and_reset_by_the_report() -> None:
-    clock = Clock()
+    clock = ManualClock()
     recorder = PauseRecorder(clock)
     for generation, pause in ((0, 0.0002), (0, 0.0004), (2, 0.021)):
         recorder.on_gc("start", {"generation": generation})
