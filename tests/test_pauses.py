@@ -12,6 +12,7 @@ from reverb_py import pauses
 from reverb_py.pauses import PauseProbe, PauseRecorder
 from reverb_py.server import freeze_startup_objects
 from tests.clock import ManualClock
+from tests.conftest import ServerFactory
 
 
 def test_gc_pauses_are_tallied_per_generation_and_reset_by_the_report() -> None:
@@ -54,3 +55,20 @@ def test_start_up_objects_are_frozen_out_of_the_collector() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def test_the_server_runs_the_probe_only_when_asked(
+    start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hooked() -> int:
+        return sum(isinstance(getattr(c, "__self__", None), PauseRecorder) for c in gc.callbacks)
+
+    before = hooked()
+    quiet = await start_server()
+    assert hooked() == before
+    monkeypatch.setenv("REVERB_DEBUG_PAUSES", "1")
+    probed = await start_server()
+    assert hooked() == before + 1
+    await probed.server.close()
+    assert hooked() == before
+    await quiet.server.close()
