@@ -387,15 +387,22 @@ def make_tls_files(directory: Path) -> TlsFiles:
     for subject, usages, cert_path, key_path in leaves:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _certificate(subject, key.public_key(), ca_key, ca.subject, usages)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        write_pem(cert, key, cert_path, key_path)
     return files
+
+
+def write_pem(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path
+) -> None:
+    """A certificate and its unencrypted private key as the PEM files servers load."""
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 class TlsServer(RedisProcesses):

@@ -29,7 +29,7 @@ import pusher
 import pytest
 import websockets
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pusher.pusher_client import PusherClient
@@ -37,6 +37,7 @@ from pusher.pusher_client import PusherClient
 from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_networks
 from reverb_py.server import raise_fd_limit
 from tests.conftest import APP, PusherSocket, Running, ServerFactory, app_with
+from tests.redis_topologies import write_pem
 from tests.replicas import ROOT, free_port, wait_for
 from tests.test_websocket_protocol import closed_with
 
@@ -284,14 +285,7 @@ def certificate() -> Iterator[tuple[Path, Path]]:
     )
     with tempfile.TemporaryDirectory() as directory:
         cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        write_pem(cert, key, cert_path, key_path)
         yield cert_path, key_path
 
 
