@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -31,15 +32,13 @@ from reverb_py.config import App
 from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import messages
 from reverb_py.pusher.channels import ChannelKind, ChannelType, channel_type, user_key
+from reverb_py.pusher.ports import Socket
+from reverb_py.pusher.session import Session
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.scaling.state import Members, Transition
 from reverb_py.stats import AppStats
-from reverb_py.transport.connection import Connection
 from reverb_py.transport.websocket import text_frame
 from reverb_py.webhooks import AppWebhooks
-
-if TYPE_CHECKING:
-    from reverb_py.pusher.session import Session
 
 # Pusher: subscription_count goes out on every change, at most every 5 s above 100 subscribers.
 SUBSCRIPTION_COUNT_THROTTLE_ABOVE = 100
@@ -63,7 +62,7 @@ class Channel:
     def __init__(self, name: str, kind: ChannelType) -> None:
         self.name = name
         self.type = kind
-        self.subscribers: dict[Session, Connection] = {}
+        self.subscribers: dict[Session, Socket] = {}
         self.members: dict[str, Member] | None = {} if kind.kind is ChannelKind.PRESENCE else None
 
 
@@ -82,6 +81,7 @@ class AppHub:
         "app",
         "cache",
         "channels",
+        "clock",
         "cluster",
         "count_dirty",
         "count_sent",
@@ -95,8 +95,16 @@ class AppHub:
         "watchers",
     )
 
-    def __init__(self, app: App, cluster: Cluster, hooks: AppWebhooks) -> None:
+    def __init__(
+        self,
+        app: App,
+        cluster: Cluster,
+        hooks: AppWebhooks,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cluster = cluster
+        # The one source of time for this app's sessions and for the hub's own timers.
+        self.clock = clock
         self.channels: dict[str, Channel] = {}
         # Channels in `channels` that anyone may create (no auth): a counter, so the cap check
         # on every subscribe is O(1).
@@ -137,7 +145,6 @@ class AppHub:
     def remove_session(self, session: Session) -> None:
         for name, member_key in list(session.channels.items()):
             self.leave(session, name, member_key)
-        session.channels.clear()
         if session.watchlist:
             self.unwatch(session)
         if session.user_id is not None:
@@ -210,9 +217,12 @@ class AppHub:
 
     # Subscriptions -----------------------------------------------------------------------
 
-    def join(self, session: Session, name: str, member: tuple[Any, Any] | None = None) -> None:
+    def join(
+        self, session: Session, name: str, member: tuple[Any, Any] | None = None
+    ) -> str | None:
         """Subscribe; for presence, count the member, and tell the others with member_added
-        when the user is new to the channel anywhere in the cluster."""
+        when the user is new to the channel anywhere in the cluster. Returns the member key
+        (None outside presence channels), which the session keeps in its `channels`."""
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name, channel_type(name))
@@ -224,15 +234,13 @@ class AppHub:
             count = self.subscription_count(name)
             self._occupancy_changed(name, count - 1, count, session.socket_id)
         if member is None or channel.members is None:
-            session.channels[name] = None
-            return
+            return None
         user_id, user_info = member
         key = user_key(user_id)
-        session.channels[name] = key
         record = channel.members.get(key)
         if record is not None:
             record.sockets += 1
-            return
+            return key
         record = channel.members[key] = Member(user_id, user_info)
         record.sockets = 1
         if self.cluster.member_joined(self.app.id, name, key, user_id, user_info):
@@ -244,6 +252,7 @@ class AppHub:
             self._publish_to(channel, payload, session)
             if self.hooks.tracks_members and self.cluster.leader:
                 self.hooks.member_added(name, user_id, session.socket_id)
+        return key
 
     def subscribed(self, name: str, cause: str) -> None:
         """Announce the new count once the subscriber (socket id `cause`) has its
@@ -269,7 +278,7 @@ class AppHub:
                         self._publish_to(channel, payload, None)
                         if self.hooks.tracks_members and self.cluster.leader:
                             self.hooks.member_removed(
-                                name, record.user_id, time.monotonic(), session.socket_id
+                                name, record.user_id, self.clock(), session.socket_id
                             )
         if not channel.subscribers:
             del self.channels[name]
@@ -293,13 +302,13 @@ class AppHub:
         if after:
             self.hooks.channel_occupied(name, cause)
         else:
-            self.hooks.channel_vacated(name, time.monotonic(), cause)
+            self.hooks.channel_vacated(name, self.clock(), cause)
 
     def _count_is(self, name: str, count: int, cause: str | None) -> None:
         if channel_type(name).kind is ChannelKind.PRESENCE:
             return  # Pusher counts subscriptions of non-presence channels only
         if count > SUBSCRIPTION_COUNT_THROTTLE_ABOVE or name in self.count_dirty:
-            now = time.monotonic()
+            now = self.clock()
             if now - self.count_sent.get(name, -SUBSCRIPTION_COUNT_INTERVAL) < (
                 SUBSCRIPTION_COUNT_INTERVAL
             ):
@@ -342,7 +351,7 @@ class AppHub:
             if transition.joined:
                 self.hooks.member_added(transition.channel, transition.user_id)
             else:
-                self.hooks.member_removed(transition.channel, transition.user_id, time.monotonic())
+                self.hooks.member_removed(transition.channel, transition.user_id, self.clock())
         channel = self.channels.get(transition.channel)
         if channel is None:
             return
@@ -362,6 +371,12 @@ class AppHub:
             for key, record in channel.members.items():
                 merged[key] = (record.user_id, record.user_info)
         return merged
+
+    def member_user_id(self, name: str, member_key: str) -> Any:
+        """The user id a presence member joined with (its key is that id as a string)."""
+        channel = self.channels.get(name)
+        record = channel.members.get(member_key) if channel and channel.members else None
+        return record.user_id if record is not None else member_key
 
     def would_exceed_public_channels(self, name: str) -> bool:
         """Whether subscribing to public channel `name` would create one channel too many on
@@ -455,7 +470,7 @@ class AppHub:
     def remember(
         self, name: str, payload: bytes, now: float | None = None, ttl: float | None = None
     ) -> None:
-        start = time.monotonic() if now is None else now
+        start = self.clock() if now is None else now
         lifetime = self.app.cache_ttl if ttl is None else ttl
         self.cache[name] = CachedEvent(payload, start + lifetime)
 

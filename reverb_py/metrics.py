@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 
 from reverb_py import __version__
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.http_types import HttpRequest, HttpResponse, error_response
 
 if TYPE_CHECKING:
     from reverb_py.router import Router

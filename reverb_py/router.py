@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from reverb_py.apps.store import AppStore
 from reverb_py.config import App, Settings
+from reverb_py.http_types import HttpRequest, HttpResponse, error_response, json_response
 from reverb_py.hub import AppHub
 from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import messages
@@ -33,7 +34,6 @@ from reverb_py.ratelimit import (
 from reverb_py.scaling.cluster import Cluster
 from reverb_py.stats import AppStats
 from reverb_py.transport.connection import Connection, WebSocketHandler
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
 from reverb_py.transport.refusals import TransportRefusals
 from reverb_py.webhooks import Webhooks
 
@@ -70,6 +70,9 @@ class Refused:
         return None
 
     def on_close(self) -> None:
+        return None
+
+    def check_liveness(self, now: float, seen: bool) -> None:
         return None
 
 

@@ -205,21 +205,20 @@ class Server:
                 self.cluster.heartbeat()
         if self.router.limiter is not None:
             self.router.limiter.sweep(now)
-        for hub in self.router.hubs_by_id.values():  # many tenants: most hubs are idle
-            if hub.sessions:
-                for session in list(hub.sessions.values()):
-                    session.check_liveness(now)
-            if hub.cache:
-                hub.expire_cache(now)
-            if hub.count_sent:
-                hub.announce_throttled_counts(now)
-        self.webhooks.tick(now)
         for connection in list(self.connections):
             if connection.closing_since is not None:
                 if loop_time - connection.closing_since > STUCK_CLOSING_SECONDS:
                     connection.abort()
             elif connection.ws is None:  # slow requests, idle keep-alive connections
                 connection.check_deadlines(now)
+            else:  # pings, and 4201 for WebSockets that stopped answering
+                connection.check_liveness(now)
+        for hub in self.router.hubs_by_id.values():  # many tenants: most hubs are idle
+            if hub.cache:
+                hub.expire_cache(now)
+            if hub.count_sent:
+                hub.announce_throttled_counts(now)
+        self.webhooks.tick(now)
 
     async def drain(self) -> None:
         """Fail readiness and refuse new WebSocket upgrades, then close every client with 4200

@@ -108,7 +108,7 @@ class Node:
         return session
 
     def subscribe(self, session: Session, channel: str, member: tuple[Any, Any] | None = None):
-        self.hub.join(session, channel, member)  # type: ignore[arg-type]
+        session.channels[channel] = self.hub.join(session, channel, member)  # type: ignore[arg-type]
         self.hub.subscribed(channel, session.socket_id)
 
     def unsubscribe(self, session: Session, channel: str) -> None:
@@ -116,6 +116,7 @@ class Node:
 
     def disconnect(self, session: Session) -> None:
         self.hub.remove_session(session)  # type: ignore[arg-type]
+        session.channels.clear()  # as the real session does: it owns its index
 
     def webhooks(self) -> list[dict[str, Any]]:
         return [queued[1] for target in self.hooks.targets for queued in target.queue]

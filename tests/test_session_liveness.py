@@ -1,4 +1,5 @@
-"""The liveness sweep on one session, with a recording socket instead of a connection."""
+"""The liveness sweep on one session, with a recording socket instead of a connection: the
+sweep passes the time and whether the client sent anything since the last sweep."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from reverb_py.transport.websocket import PING_FRAME, text_frame
 
 class RecordingSocket:
     def __init__(self) -> None:
-        self.seen = False
         self.frames: list[bytes] = []
         self.closed_with: int | None = None
 
@@ -42,31 +42,29 @@ PUSHER_PING = text_frame(messages.PING)
 
 def test_both_pings_until_the_client_answers_pusher_ping_then_one() -> None:
     session, socket = new_session(ping_interval=10, pong_timeout=5)
-    session.check_liveness(10.0)
+    session.check_liveness(10.0, seen=False)
     assert socket.frames == [PUSHER_PING, PING_FRAME]
     socket.frames.clear()
-    socket.seen = True
     session.on_message(b'{"event":"pusher:pong","data":{}}', binary=False)
-    session.check_liveness(11.0)  # the answer resets the idle clock
-    session.check_liveness(21.0)
+    session.check_liveness(11.0, seen=True)  # the answer resets the idle clock
+    session.check_liveness(21.0, seen=False)
     assert socket.frames == [PUSHER_PING]
 
 
 def test_a_client_that_answers_only_websocket_pings_keeps_getting_both() -> None:
     session, socket = new_session(ping_interval=10, pong_timeout=5)
-    session.check_liveness(10.0)
-    socket.seen = True  # a WebSocket pong arrived
-    session.check_liveness(11.0)
+    session.check_liveness(10.0, seen=False)
+    session.check_liveness(11.0, seen=True)  # a WebSocket pong arrived
     socket.frames.clear()
-    session.check_liveness(21.0)
+    session.check_liveness(21.0, seen=False)
     assert socket.frames == [PUSHER_PING, PING_FRAME]
     assert socket.closed_with is None
 
 
 def test_no_answer_closes_4201() -> None:
     session, socket = new_session(ping_interval=10, pong_timeout=5)
-    session.check_liveness(10.0)
-    session.check_liveness(14.0)
+    session.check_liveness(10.0, seen=False)
+    session.check_liveness(14.0, seen=False)
     assert socket.closed_with is None
-    session.check_liveness(15.0)
+    session.check_liveness(15.0, seen=False)
     assert socket.closed_with == 4201

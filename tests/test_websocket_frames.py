@@ -8,7 +8,7 @@ import orjson
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from reverb_py.transport.http import HttpRequest, HttpResponse
+from reverb_py.http_types import HttpRequest, HttpResponse
 from reverb_py.transport.websocket import (
     MAX_FRAGMENTS,
     FrameError,

@@ -2,21 +2,22 @@
 
 Triggering is the backend-facing hot path: the signature is verified once, the event is
 encoded once per channel, fanned out locally, and `{}` is answered without waiting on anything.
-Every refusal is a 4xx with a JSON body `{"error": ..., "code": ...}`.
+Every refusal is a 4xx with a JSON body `{"error": ..., "code": ...}`. Each app's hub is seen
+through `pusher.ports.ApiHub`, so this module imports neither the hub nor the transport.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import orjson
 
 from reverb_py.config import App
-from reverb_py.hub import AppHub
+from reverb_py.http_types import HttpRequest, HttpResponse, error_response, json_response
 from reverb_py.latency import DeliveryLatency
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
@@ -25,7 +26,7 @@ from reverb_py.pusher.channels import (
     channel_type,
     valid_channel_name,
 )
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response, json_response
+from reverb_py.pusher.ports import ApiHub
 
 _SOCKET_ID = re.compile(r"\d+\.\d+")
 _EMPTY = HttpResponse(200, b"{}", static=True)
@@ -55,8 +56,8 @@ class HttpApi:
 
     def __init__(
         self,
-        hubs: dict[str, AppHub],
-        hubs_by_key: dict[str, AppHub],
+        hubs: Mapping[str, ApiHub],
+        hubs_by_key: Mapping[str, ApiHub],
         prefix: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -85,7 +86,7 @@ class HttpApi:
             return error_response(401, "Unknown auth_key")
         return self._handle_for(hub, request, path.split("/")[1:])
 
-    def _handle_for(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
+    def _handle_for(self, hub: ApiHub, request: HttpRequest, route: list[str]) -> HttpResponse:
         endpoint = "unknown"
         try:
             handler, method = self._route(route)
@@ -104,7 +105,7 @@ class HttpApi:
 
     def _route(
         self, route: list[str]
-    ) -> tuple[Callable[[AppHub, HttpRequest, list[str]], HttpResponse], str]:
+    ) -> tuple[Callable[[ApiHub, HttpRequest, list[str]], HttpResponse], str]:
         match route:
             case ["events"]:
                 return self._events, "POST"
@@ -122,7 +123,7 @@ class HttpApi:
                 return self._terminate, "POST"
         raise ApiError(404, "Not found")
 
-    def _verify(self, hub: AppHub, request: HttpRequest) -> None:
+    def _verify(self, hub: ApiHub, request: HttpRequest) -> None:
         try:
             auth.verify_api_request(
                 key=hub.app.key,
@@ -144,7 +145,7 @@ class HttpApi:
 
     # Publishing --------------------------------------------------------------------------
 
-    def _events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+    def _events(self, hub: ApiHub, request: HttpRequest, _: list[str]) -> HttpResponse:
         event = parse_event(hub.app, _json_body(request), allow_channels=True)
         self._publish(hub, event)
         if not event.info:
@@ -153,7 +154,7 @@ class HttpApi:
             200, {"channels": {c: self._info(hub, c, event.info) for c in event.channels}}
         )
 
-    def _batch_events(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+    def _batch_events(self, hub: ApiHub, request: HttpRequest, _: list[str]) -> HttpResponse:
         events = parse_batch(hub.app, _json_body(request))
         for event in events:
             self._publish(hub, event)
@@ -164,7 +165,7 @@ class HttpApi:
             {"batch": [self._info(hub, e.channels[0], e.info) if e.info else {} for e in events]},
         )
 
-    def _publish(self, hub: AppHub, event: Event) -> None:
+    def _publish(self, hub: ApiHub, event: Event) -> None:
         latency = self.delivery_latency
         started = latency.now()
         delivered = 0
@@ -181,7 +182,7 @@ class HttpApi:
 
     # Queries -----------------------------------------------------------------------------
 
-    def _info(self, hub: AppHub, channel: str, attributes: tuple[str, ...]) -> dict[str, Any]:
+    def _info(self, hub: ApiHub, channel: str, attributes: tuple[str, ...]) -> dict[str, Any]:
         """The requested attributes that apply to this channel; the others are left out.
 
         Pusher's docs answer 400 to an attribute that does not apply (`user_count` on a public
@@ -200,36 +201,36 @@ class HttpApi:
             info["cache"] = self._cache_info(hub, channel)
         return info
 
-    def _cache_info(self, hub: AppHub, channel: str) -> dict[str, Any] | None:
-        now = time.monotonic()
+    def _cache_info(self, hub: ApiHub, channel: str) -> dict[str, Any] | None:
+        now = hub.clock()
         entry = hub.cached(channel, now)
         if entry is None:
             return None
         event, data = entry.event_and_data()
         return {"event": event, "data": data, "ttl": int(entry.expires_at - now)}
 
-    def _channels(self, hub: AppHub, request: HttpRequest, _: list[str]) -> HttpResponse:
+    def _channels(self, hub: ApiHub, request: HttpRequest, _: list[str]) -> HttpResponse:
         params = dict(request.query())
         attributes = _attributes(params)
         names = hub.channel_names(params.get("filter_by_prefix", ""))
         return json_response(200, {"channels": {n: self._info(hub, n, attributes) for n in names}})
 
-    def _channel(self, hub: AppHub, request: HttpRequest, route: list[str]) -> HttpResponse:
+    def _channel(self, hub: ApiHub, request: HttpRequest, route: list[str]) -> HttpResponse:
         name = _channel_from_path(route[1])
         body: dict[str, Any] = {"occupied": hub.subscription_count(name) > 0}
         body.update(self._info(hub, name, _attributes(dict(request.query()))))
         return json_response(200, body)
 
-    def _channel_users(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
+    def _channel_users(self, hub: ApiHub, _: HttpRequest, route: list[str]) -> HttpResponse:
         name = _channel_from_path(route[1])
         if channel_type(name).kind is not ChannelKind.PRESENCE:
             raise ApiError(400, "Users are only available for presence channels")
         return json_response(200, {"users": [{"id": uid} for uid in hub.member_ids(name)]})
 
-    def _connections(self, hub: AppHub, _: HttpRequest, __: list[str]) -> HttpResponse:
+    def _connections(self, hub: ApiHub, _: HttpRequest, __: list[str]) -> HttpResponse:
         return json_response(200, {"connections": hub.connection_count()})
 
-    def _terminate(self, hub: AppHub, _: HttpRequest, route: list[str]) -> HttpResponse:
+    def _terminate(self, hub: ApiHub, _: HttpRequest, route: list[str]) -> HttpResponse:
         hub.terminate_user(unquote(route[1]))
         return _EMPTY
 

@@ -1,20 +1,23 @@
 """One client's Pusher session: the state machine behind a WebSocket connection.
 
-The session validates what a client sends (subscriptions, auth, sign-in, client events), keeps
-the socket's own subscription index, and asks the hub to fan messages out. It talks to its
-socket only through `send_text`, `send`, `ping` and `close`, so tests can drive it with a fake.
-Every rejection is an error frame to this client; nothing here may raise into the transport.
+The session validates what a client sends (subscriptions, auth, sign-in, client events), owns
+the socket's own subscription index (`channels`: only the session changes it), and asks the hub
+to fan messages out. It knows its socket, its hub and its webhooks only through Protocols
+(`pusher.ports.Socket`, `SessionHub` below, `pusher.ports.Hooks`), so it imports no I/O and tests
+drive it with fakes; time comes from the hub's clock or as an argument. Every rejection is an
+error frame to this client; nothing here may raise into the transport.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
 from reverb_py.config import App
+from reverb_py.logs import ThrottledLog
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
     SERVER_TO_USER_PREFIX,
@@ -24,40 +27,77 @@ from reverb_py.pusher.channels import (
     valid_user_id,
 )
 from reverb_py.pusher.messages import ClientMessage, ErrorCode, ProtocolViolation
-from reverb_py.transport.websocket import text_frame
-
-if TYPE_CHECKING:
-    from reverb_py.hub import AppHub
+from reverb_py.pusher.ports import Cached, Hooks, Socket
+from reverb_py.stats import AppStats
 
 logger = logging.getLogger("reverb_py.session")
 frame_logger = logging.getLogger("reverb_py.frames")
 
-_PUSHER_PING_FRAME = text_frame(messages.PING)
 MAX_WATCHLIST = 100  # Pusher's limit; beyond it the first 100 ids are kept (error 4302)
 # Containers the server may later wrap around a member's user_info (roster frame, Redis
 # snapshot): a user_info nested deeper could not be encoded there (see encode_nested).
 USER_INFO_HEADROOM = 16
 
 
-class Socket(Protocol):
-    """What a session needs from its connection (the transport's Connection provides it)."""
+class SessionHub(Protocol):
+    """What a session asks of its app's hub (`reverb_py.hub.AppHub` provides it)."""
 
-    seen: bool
+    @property
+    def app(self) -> App: ...
 
-    def send(self, frame: bytes) -> None: ...
+    @property
+    def stats(self) -> AppStats: ...
 
-    def send_text(self, payload: bytes) -> None: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
 
-    def ping(self) -> None: ...
+    @property
+    def hooks(self) -> Hooks: ...
 
-    def close(self, code: int, reason: str = "") -> None: ...
+    @property
+    def refusal_log(self) -> ThrottledLog: ...
+
+    def add_session(self, session: Session) -> None: ...
+
+    def remove_session(self, session: Session) -> None: ...
+
+    def would_exceed_public_channels(self, name: str) -> bool: ...
+
+    def would_exceed_members(self, name: str, user_id: Any) -> bool: ...
+
+    def join(self, session: Session, name: str, member: tuple[Any, Any] | None) -> str | None: ...
+
+    def subscribed(self, name: str, cause: str) -> None: ...
+
+    def leave(self, session: Session, name: str, member_key: str | None) -> None: ...
+
+    def roster(self, name: str) -> dict[str, Any]: ...
+
+    def member_user_id(self, name: str, member_key: str) -> Any: ...
+
+    def cached(self, name: str, now: float) -> Cached | None: ...
+
+    def sign_in(self, session: Session, user_id: str) -> None: ...
+
+    def watch(self, session: Session) -> None: ...
+
+    def unwatch(self, session: Session) -> None: ...
+
+    def broadcast(
+        self, name: str, payload: bytes, except_socket_id: str | None = None, cache: bool = False
+    ) -> int: ...
 
 
 class Session:
+    """One client's protocol state. Called by the transport (through the router) for what
+    arrives (`on_message`, `on_close`, `on_write_overflow`), by the server's sweep for time
+    passing (`check_liveness`), and by the hub or the router to close it (`close`)."""
+
     __slots__ = (
         "answers_pusher_ping",
         "app",
         "channels",
+        "clock",
         "closed",
         "debug",
         "event_count",
@@ -74,9 +114,12 @@ class Session:
         "watchlist",
     )
 
-    def __init__(self, hub: AppHub, socket: Socket, socket_id: str, debug: bool = False) -> None:
+    def __init__(
+        self, hub: SessionHub, socket: Socket, socket_id: str, debug: bool = False
+    ) -> None:
         self.hub = hub
         self.app: App = hub.app
+        self.clock = hub.clock
         self.socket = socket
         self.socket_id = socket_id
         self.debug = debug
@@ -85,7 +128,7 @@ class Session:
         self.user_id: str | None = None
         self.watchlist: tuple[str, ...] = ()
         self.closed = False
-        self.idle_since = time.monotonic()
+        self.idle_since = self.clock()
         self.pinged_at: float | None = None
         self.answers_pusher_ping = False
         self.event_window = 0.0
@@ -134,7 +177,7 @@ class Session:
         `decay_seconds`; over it the message is refused with 4301 (and the socket closed when
         the app says terminate)."""
         app = self.app
-        now = time.monotonic()
+        now = self.clock()
         if now - self.message_window >= app.rate_limit_decay_seconds:
             self.message_window = now
             self.message_count = 0
@@ -156,6 +199,7 @@ class Session:
             self.closed = True
             self.stats.connection_closed("client")
             self.hub.remove_session(self)
+            self.channels.clear()
 
     def close(self, code: ErrorCode, message: str) -> None:
         """Tell the client why (pusher:error) and close with the same code."""
@@ -167,18 +211,19 @@ class Session:
         # Leave every channel now: a socket whose close is still flushing (or stuck behind a
         # client that stopped reading) must not receive, or count, any more.
         self.hub.remove_session(self)
+        self.channels.clear()
         self.socket.close(int(code), message)
 
-    def check_liveness(self, now: float) -> None:
+    def check_liveness(self, now: float, seen: bool) -> None:
         """Called by the server's periodic sweep: ping silent sockets, drop dead ones.
 
-        Any inbound frame counts as life. Flutter and some Java clients answer WebSocket pings
-        but not pusher:ping, so both kinds are sent until the client has answered a pusher:ping
-        once; from then on pusher:ping alone (one frame back instead of two, which halves what
-        10 000 idle sockets cost to keep alive)."""
-        socket = self.socket
-        if socket.seen:
-            socket.seen = False
+        `seen`: whether any frame arrived since the last sweep (the transport keeps and resets
+        that flag itself, so the hot path pays nothing here); any inbound frame counts as life.
+        Flutter and some Java clients answer WebSocket pings but not pusher:ping, so both kinds
+        are sent until the client has answered a pusher:ping once; from then on pusher:ping
+        alone (one frame back instead of two, which halves what 10 000 idle sockets cost to
+        keep alive)."""
+        if seen:
             self.idle_since = now
             self.pinged_at = None
         elif self.pinged_at is not None:
@@ -186,19 +231,15 @@ class Session:
                 self.close(ErrorCode.PONG_TIMEOUT, "Pong reply not received in time")
         elif now - self.idle_since >= self.app.ping_interval:
             self.pinged_at = now
-            self._send(messages.PING, _PUSHER_PING_FRAME)
+            self._send(messages.PING)
             if not self.answers_pusher_ping:
-                socket.ping()
+                self.socket.ping()
 
-    def _send(self, payload: bytes, frame: bytes | None = None) -> None:
-        """Send one message; `frame` is its WebSocket framing when precomputed."""
+    def _send(self, payload: bytes) -> None:
         if self.debug:
             frame_logger.debug("> %s %s", self.socket_id, payload[:2048])
         self.stats.sent(1, len(payload))
-        if frame is None:
-            self.socket.send_text(payload)
-        else:
-            self.socket.send(frame)
+        self.socket.send_text(payload)
 
     # Dispatch ----------------------------------------------------------------------------
 
@@ -292,7 +333,7 @@ class Session:
                     f"Presence channel is full ({app.max_presence_members} members)",
                 )
                 return
-        self.hub.join(self, name, member)
+        self.channels[name] = self.hub.join(self, name, member)
         presence = self.hub.roster(name) if member is not None else None
         self._send(messages.subscription_succeeded(name, presence))
         if kind.cached:
@@ -346,7 +387,7 @@ class Session:
         self._send(messages.subscription_succeeded(name))
 
     def _replay_cache(self, name: str) -> None:
-        entry = self.hub.cached(name, time.monotonic())
+        entry = self.hub.cached(name, self.clock())
         if entry is not None:
             self._send(entry.payload)
         else:
@@ -450,7 +491,7 @@ class Session:
             )
         limit = app.client_event_rate_limit
         if limit:
-            now = time.monotonic()
+            now = self.clock()
             if now - self.event_window >= 1.0:
                 self.event_window = now
                 self.event_count = 0
@@ -462,9 +503,7 @@ class Session:
         member_key = self.channels[name]
         user_id = None
         if member_key is not None:
-            channel = self.hub.channels.get(name)
-            record = channel.members.get(member_key) if channel and channel.members else None
-            user_id = record.user_id if record is not None else member_key
+            user_id = self.hub.member_user_id(name, member_key)
         try:
             payload = messages.encode_event(message.event, message.data, name, user_id)
         except orjson.JSONEncodeError:

@@ -28,8 +28,8 @@ from typing import Protocol
 import httptools
 from websockets.frames import Opcode
 
+from reverb_py.http_types import HttpRequest, HttpResponse, error_response
 from reverb_py.latency import DeliveryLatency
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
 from reverb_py.transport.refusals import TransportRefusals
 from reverb_py.transport.websocket import (
     PING_FRAME,
@@ -66,6 +66,8 @@ class WebSocketHandler(Protocol):
     def on_write_overflow(self) -> None: ...
 
     def on_close(self) -> None: ...
+
+    def check_liveness(self, now: float, seen: bool) -> None: ...
 
 
 class WebSocketEndpoint(Protocol):
@@ -419,6 +421,14 @@ class Connection(asyncio.Protocol):
             self.idle_since = now
         elif now - self.idle_since > limits.idle_timeout:
             self.abort()
+
+    def check_liveness(self, now: float) -> None:
+        """Called by the server's periodic sweep for a WebSocket: tell the handler whether any
+        frame arrived since the last sweep. The flag is set per read and reset only here."""
+        handler = self.handler
+        if handler is not None:
+            seen, self.seen = self.seen, False
+            handler.check_liveness(now, seen)
 
     def _refuse(self, refused: _Refused) -> None:
         status = refused.response.status

@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - websockets ships the C extension for every platform
     from websockets.utils import apply_mask
 
-from reverb_py.transport.http import HttpRequest, HttpResponse, error_response
+from reverb_py.http_types import HttpRequest, HttpResponse, error_response
 
 _NO_EXTENSIONS: list = []
 

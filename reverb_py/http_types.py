@@ -1,4 +1,9 @@
-"""HTTP/1.1 request and response values, free of I/O; the connection fills and writes them."""
+"""HTTP/1.1 request and response values, free of I/O.
+
+Shared by both sides of the server: the transport (`transport.connection`) fills requests and
+writes responses; the application (`router`, `pusher.http_api`, `metrics`) reads requests and
+builds responses. Living outside `transport/` keeps the Pusher layer from importing it.
+"""
 
 from __future__ import annotations
 
