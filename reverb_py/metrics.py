@@ -259,8 +259,8 @@ class ServerCollector:
             "Webhook requests that failed (error or non-2xx) and were retried or given up.",
             labels=["app_id"],
         )
-        for app_id, hub in self.router.hubs_by_id.items():
-            targets = hub.hooks.targets
+        for app_id, hooks in self.router.webhooks.apps.items():
+            targets = hooks.targets
             if not targets:
                 continue
             queued.add_metric([app_id], sum(len(target.queue) for target in targets))

@@ -214,9 +214,9 @@ class Server:
             else:  # pings, and 4201 for WebSockets that stopped answering
                 connection.check_liveness(now)
         for hub in self.router.hubs_by_id.values():  # many tenants: most hubs are idle
-            if hub.cache:
+            if hub.cache.entries:
                 hub.expire_cache(now)
-            if hub.count_sent:
+            if hub.counts.sent:
                 hub.announce_throttled_counts(now)
         self.webhooks.tick(now)
 

@@ -312,7 +312,7 @@ def test_an_event_reaches_the_subscribers_of_every_other_node_except_the_sender(
     assert [m["event"] for m in on_b.socket.messages].count("alert") == 1
     assert "alert" not in [m["event"] for m in sender_on_a.socket.messages]
     assert c.hub.cached("cache-news", stream.clock.now) is not None
-    assert c.hub.cache["cache-news"].expires_at == stream.clock.now + stream.app.cache_ttl
+    assert c.hub.cache.entries["cache-news"].expires_at == stream.clock.now + stream.app.cache_ttl
 
 
 def test_user_events_and_terminations_reach_the_users_sockets_on_other_nodes(
@@ -485,7 +485,7 @@ def test_a_snapshot_replaces_what_was_believed_and_reports_only_the_differences(
     added = watcher.socket.events("pusher_internal:member_added")
     assert added == [{"user_id": u, "user_info": None} for u in (1, 2, 3)]
     assert watcher.socket.events("pusher_internal:member_removed") == [{"user_id": 1}]
-    assert b.hub.user_online("u3") and not b.hub.user_online("u1")
+    assert b.hub.users.online("u3") and not b.hub.users.online("u1")
 
 
 def test_a_member_present_here_too_is_not_removed_when_another_node_leaves(
@@ -657,9 +657,9 @@ def test_a_new_node_adopts_the_cache_of_the_others_with_the_time_left(stream: St
     late.hub.remember("cache-new", b'{"event":"mine"}', clock.now, ttl=stream.app.cache_ttl)
     stream.flush()
     ttl = stream.app.cache_ttl
-    assert late.hub.cache["cache-old"].expires_at == pytest.approx(clock.now + ttl - 110)
-    assert late.hub.cache["cache-new"].payload == b'{"event":"mine"}'  # lives longer: kept
-    assert "cache-gone" not in late.hub.cache
+    assert late.hub.cache.entries["cache-old"].expires_at == pytest.approx(clock.now + ttl - 110)
+    assert late.hub.cache.entries["cache-new"].payload == b'{"event":"mine"}'  # lives longer: kept
+    assert "cache-gone" not in late.hub.cache.entries
 
 
 def test_operations_for_an_unknown_app_are_ignored(stream: Stream) -> None:
@@ -676,7 +676,7 @@ def test_operations_for_an_unknown_app_are_ignored(stream: Stream) -> None:
             ["snap", {"9": {"connections": 1}}, {"9": {"cache-x": ["{}", 5]}}, False],
         ],
     )
-    assert b.cluster.malformed == 0 and b.hub.cache == {}
+    assert b.cluster.malformed == 0 and b.hub.cache.entries == {}
     assert b.cluster.state.connections("9") == 1
 
 

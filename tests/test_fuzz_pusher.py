@@ -154,7 +154,8 @@ def test_a_session_answers_every_message_without_an_internal_error(frames: list[
         assert not any(b"Internal server error" in sent for sent in socket.frames)
     finally:
         session.on_close()
-    assert not _HUB.sessions and not _HUB.channels and not _HUB.users and not _HUB.watchers
+    assert not _HUB.sessions and not _HUB.channels
+    assert not _HUB.users.signed_in and not _HUB.users.watchers
 
 
 trigger_bodies = st.fixed_dictionaries(

@@ -32,15 +32,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, assert_never
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, assert_never
 
 from reverb_py.logs import ThrottledLog, counted
 from reverb_py.scaling import ops
-from reverb_py.scaling.state import Change, ClusterState, NodeState, Online
-
-if TYPE_CHECKING:
-    from reverb_py.hub import AppHub
+from reverb_py.scaling.state import Change, ClusterState, NodeState, Online, Transition
 
 logger = logging.getLogger("reverb_py.cluster")
 
@@ -58,14 +55,54 @@ class Link(Protocol):
     def status(self, now: float) -> dict[str, Any]: ...
 
 
+class Hub(Protocol):
+    """What the cluster calls on one app's hub (`reverb_py.hub.AppHub` provides it): exactly
+    this, so that the scaling layer does not depend on the hub's insides."""
+
+    @property
+    def tracks_counts(self) -> bool: ...
+
+    def has_local_member(self, name: str, key: str) -> bool: ...
+
+    def has_local_user(self, user_id: str) -> bool: ...
+
+    def local_connections(self) -> int: ...
+
+    def describe(self, node: NodeState) -> None: ...
+
+    def cache_entries(self, now: float) -> dict[str, tuple[str, float]]: ...
+
+    def adopt_cached(self, name: str, payload: bytes, now: float, ttl: float) -> None: ...
+
+    def remember(
+        self, name: str, payload: bytes, now: float | None = None, ttl: float | None = None
+    ) -> None: ...
+
+    def publish(self, name: str, payload: bytes, except_socket_id: str | None = None) -> int: ...
+
+    def publish_to_user(
+        self, user_id: str, payload: bytes, except_socket_id: str | None = None
+    ) -> None: ...
+
+    def terminate_local(self, user_id: str) -> None: ...
+
+    def subscription_count(self, name: str) -> int: ...
+
+    def count_changed(self, name: str, before: int, cause: str | None = None) -> None: ...
+
+    def deliver_online(self, user_id: str, online: bool) -> None: ...
+
+    def deliver_member_event(self, transition: Transition) -> None: ...
+
+
 class Cluster:
     """This node's side of the cluster: what it tells the other replicas, and what it does
     with what they tell it.
 
     It owns the mirror of the other replicas (`state`, a `ClusterState`), the choice of the
     webhook leader and the count of operations it refused. It does not own the local hubs:
-    it reads them (`hubs`, set by the router) for snapshots and presence checks, and applies
-    the other replicas' operations to them through their public methods.
+    it sees them through `Hub` (`hubs`, set by the router) for snapshots and presence checks,
+    and applies the other replicas' operations to them through it.
 
     Callers: the hubs call the outgoing methods (`forward_*`, `member_*`, `user_*`,
     `subscriptions_changed`) as their local state changes; the link calls `receive`,
@@ -83,7 +120,7 @@ class Cluster:
         self.node_id = node_id
         self.node_timeout = node_timeout
         self.clock = clock
-        self.hubs: dict[str, AppHub] = {}
+        self.hubs: Mapping[str, Hub] = {}
         self.state = ClusterState(self._local_has, self._local_online)
         self.link: Link | None = None
         self.malformed = 0  # operations from other replicas that could not be applied
@@ -92,12 +129,11 @@ class Cluster:
 
     def _local_has(self, app_id: str, channel: str, key: str) -> bool:
         hub = self.hubs.get(app_id)
-        found = hub.channels.get(channel) if hub is not None else None
-        return found is not None and found.members is not None and key in found.members
+        return hub is not None and hub.has_local_member(channel, key)
 
     def _local_online(self, app_id: str, user_id: str) -> bool:
         hub = self.hubs.get(app_id)
-        return hub is not None and user_id in hub.users
+        return hub is not None and hub.has_local_user(user_id)
 
     @property
     def leader(self) -> bool:
@@ -180,7 +216,8 @@ class Cluster:
             self.link.send(ops.Snapshot(self._snapshot(now), self._cache_snapshot(now), reply))
 
     def heartbeat(self) -> None:
-        self._send(ops.Heartbeat({app_id: len(hub.sessions) for app_id, hub in self.hubs.items()}))
+        connections = {app_id: hub.local_connections() for app_id, hub in self.hubs.items()}
+        self._send(ops.Heartbeat(connections))
 
     def goodbye(self) -> None:
         self._send(ops.Goodbye())
@@ -327,27 +364,12 @@ class Cluster:
 
     def _snapshot(self, now: float) -> NodeState:
         node = NodeState(last_seen=now)
-        for app_id, hub in self.hubs.items():
-            node.connections[app_id] = len(hub.sessions)
-            for name, channel in hub.channels.items():
-                node.channels[(app_id, name)] = len(channel.subscribers)
-                if channel.members:
-                    node.members[(app_id, name)] = {
-                        key: (m.user_id, m.user_info) for key, m in channel.members.items()
-                    }
-            if hub.app.watchlist_events and hub.users:
-                node.users[app_id] = set(hub.users)
+        for hub in self.hubs.values():
+            hub.describe(node)
         return node
 
     def _cache_snapshot(self, now: float) -> ops.CacheEntries:
-        return {
-            app_id: {
-                name: (entry.payload.decode(), entry.expires_at - now)
-                for name, entry in hub.cache.items()
-                if entry.expires_at > now
-            }
-            for app_id, hub in self.hubs.items()
-        }
+        return {app_id: hub.cache_entries(now) for app_id, hub in self.hubs.items()}
 
     def _adopt_cache(self, cache: ops.CacheEntries, now: float) -> None:
         for app_id, entries in cache.items():
@@ -355,6 +377,4 @@ class Cluster:
             if hub is None:
                 continue
             for name, (payload, ttl) in entries.items():
-                current = hub.cache.get(name)
-                if current is None or current.expires_at < now + ttl:
-                    hub.remember(name, payload.encode(), now, ttl=ttl)
+                hub.adopt_cached(name, payload.encode(), now, ttl)
