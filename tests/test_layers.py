@@ -106,3 +106,32 @@ def test_the_graph_sees_type_checking_and_function_local_imports(tmp_path: Path)
 
 def test_no_import_cycle_between_modules_of_the_package() -> None:
     assert find_cycle(import_graph()) is None
+
+
+# docs/architecture.md, "Who may import whom": a layer reaches these only through Protocols.
+FORBIDDEN = {
+    "reverb_py.pusher": (
+        "reverb_py.transport",
+        "reverb_py.hub",
+        "reverb_py.webhooks",
+        "reverb_py.scaling",
+    ),
+    "reverb_py.hub": ("reverb_py.transport.connection", "reverb_py.webhooks", "reverb_py.router"),
+    "reverb_py.scaling": ("reverb_py.hub", "reverb_py.pusher"),
+    "reverb_py.transport": ("reverb_py.pusher", "reverb_py.hub", "reverb_py.router"),
+}
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_each_layer_imports_only_what_the_architecture_page_allows() -> None:
+    crossings = sorted(
+        (module, imported)
+        for module, imports in import_graph().items()
+        for imported in imports
+        for layer, forbidden in FORBIDDEN.items()
+        if within(module, layer) and any(within(imported, f) for f in forbidden)
+    )
+    assert crossings == []
