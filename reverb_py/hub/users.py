@@ -17,6 +17,10 @@ from reverb_py.transport.websocket import text_frame
 
 
 class Users:
+    """Owns `signed_in` (user id -> its sessions here) and `watchers` (watched user id -> the
+    sessions watching it). Changed only through the hub, as sessions sign in, watch and close;
+    read by the cluster (through the hub) to know which users this node has online."""
+
     __slots__ = ("app", "cluster", "signed_in", "stats", "watchers")
 
     def __init__(self, app: App, cluster: Cluster, stats: AppStats) -> None:

@@ -52,7 +52,8 @@ class Event(NamedTuple):
 
 class HttpApi:
     """Routes `{prefix}/apps/{id}/...`; `hubs` maps app id, `hubs_by_key` app key, to that
-    app's hub (the router's maps, kept current as apps change)."""
+    app's hub (the router's maps, kept current as apps change). Called by the router only, one
+    request at a time; it owns nothing but the delivery latency histogram."""
 
     def __init__(
         self,
