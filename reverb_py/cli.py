@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import click
@@ -137,11 +138,13 @@ def start(config_file: str | None, env_file: str | None, **options: Any) -> None
             "Put these in your Laravel .env (and restart with --env-file) to keep them.",
             err=True,
         )
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        uvloop = None
-    runner = uvloop.run if uvloop is not None else asyncio.run
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
     fds = raise_fd_limit()
     try:
         runner(_serve(settings, fds))

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
@@ -289,10 +289,10 @@ def _to_str(name: str, value: Any) -> str:
 
 
 def _to_client_events(name: str, value: Any) -> ClientEventsFrom:
-    text = str(value).strip().lower()
-    if text not in ("all", "members", "none"):
-        raise ConfigError(f"{name}: expected all, members or none, got {value!r}")
-    return text  # type: ignore[return-value]
+    match str(value).strip().lower():
+        case "all" | "members" | "none" as text:
+            return text
+    raise ConfigError(f"{name}: expected all, members or none, got {value!r}")
 
 
 def _to_origins(name: str, value: Any) -> tuple[str, ...]:
@@ -311,10 +311,10 @@ def _to_path(name: str, value: Any) -> str:
 
 
 def _to_log_format(name: str, value: Any) -> LogFormat:
-    text = str(value).strip().lower()
-    if text not in ("text", "json"):
-        raise ConfigError(f"{name}: expected text or json, got {value!r}")
-    return text  # type: ignore[return-value]
+    match str(value).strip().lower():
+        case "text" | "json" as text:
+            return text
+    raise ConfigError(f"{name}: expected text or json, got {value!r}")
 
 
 def _to_networks(name: str, value: Any) -> tuple[str, ...]:
@@ -503,11 +503,14 @@ REDIS_VARIABLES = (
     "REDIS_KEY_FILE",
 )
 _SENTINEL_ONLY = ("REDIS_SENTINEL_SERVICE", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD")
-_TLS_FILES = {
-    "ca_file": "REDIS_CA_FILE",
-    "cert_file": "REDIS_CERT_FILE",
-    "key_file": "REDIS_KEY_FILE",
-}
+
+
+class _RedisTlsFiles(TypedDict):
+    """The file settings every Redis mode shares, passed to `RedisSettings` by keyword."""
+
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
 
 
 def _redis_optional(env: Mapping[str, str], name: str) -> str | None:
@@ -556,17 +559,23 @@ def _redis_scheme_is_tls(env: Mapping[str, str]) -> bool:
     return scheme in ("tls", "rediss")
 
 
-def _redis_tls_files(env: Mapping[str, str], tls: bool) -> dict[str, str | None]:
-    files = {key: _redis_optional(env, variable) for key, variable in _TLS_FILES.items()}
-    if (files["cert_file"] is None) != (files["key_file"] is None):
+def _redis_tls_files(env: Mapping[str, str], tls: bool) -> _RedisTlsFiles:
+    ca, cert, key = (
+        _redis_optional(env, variable)
+        for variable in ("REDIS_CA_FILE", "REDIS_CERT_FILE", "REDIS_KEY_FILE")
+    )
+    if (cert is None) != (key is None):
         raise ConfigError("REDIS_CERT_FILE/REDIS_KEY_FILE: give both the certificate and the key")
-    for key, path in files.items():
-        variable = _TLS_FILES[key]
+    for variable, path in (
+        ("REDIS_CA_FILE", ca),
+        ("REDIS_CERT_FILE", cert),
+        ("REDIS_KEY_FILE", key),
+    ):
         if path is not None and not tls:
             raise ConfigError(f"{variable}: needs TLS (a rediss:// URL or REDIS_SCHEME=tls)")
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{variable}: {path} does not exist")
-    return files
+    return _RedisTlsFiles(ca_file=ca, cert_file=cert, key_file=key)
 
 
 def _redis_settings(env: Mapping[str, str]) -> RedisSettings:

@@ -122,14 +122,16 @@ class Server:
     def port(self) -> int:
         """The bound port (useful with port 0)."""
         assert self._listener is not None
-        return self._listener.sockets[0].getsockname()[1]
+        port: int = self._listener.sockets[0].getsockname()[1]
+        return port
 
     @property
     def metrics_port(self) -> int | None:
         """The bound port of the separate metrics listener, if there is one."""
         if self._metrics_listener is None:
             return None
-        return self._metrics_listener.sockets[0].getsockname()[1]
+        port: int = self._metrics_listener.sockets[0].getsockname()[1]
+        return port
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings

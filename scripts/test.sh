@@ -97,7 +97,7 @@ done
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Type checking: strict for the modules listed in pyproject.toml's [tool.mypy] (scaling/ now).
+# Type checking: strict, configured in pyproject.toml's [tool.mypy] (see CONTRIBUTING.md).
 .venv/bin/mypy
 
 set +e

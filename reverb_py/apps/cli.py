@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -45,12 +45,11 @@ def _settings(ctx: click.Context) -> Settings:
 def _run(ctx: click.Context, operation: Callable[[sql.Connection], Awaitable[T]]) -> T:
     """Connect, run one operation, disconnect; any failure is one line on stderr."""
     settings = _settings(ctx)
-    assert settings.apps_database_url is not None
+    url = settings.apps_database_url
+    assert url is not None  # _settings refuses a missing one
 
     async def run() -> T:
-        db = await sql.connect(
-            settings.apps_database_url or "", settings.apps_database_table, CONNECT_TIMEOUT
-        )
+        db = await sql.connect(url, settings.apps_database_table, CONNECT_TIMEOUT)
         try:
             return await operation(db)
         finally:
@@ -61,10 +60,10 @@ def _run(ctx: click.Context, operation: Callable[[sql.Connection], Awaitable[T]]
     except (admin.AdminError, ConfigError, sql.DatabaseError) as exc:
         _fail(str(exc))
     except Exception as exc:  # a driver error while running a statement
-        _fail(sql.describe(exc, settings.apps_database_url))
+        _fail(sql.describe(exc, url))
 
 
-def _fail(message: str, status: int = 1) -> Any:
+def _fail(message: str, status: int = 1) -> NoReturn:
     click.echo(f"reverb-py apps: {message}", err=True)
     sys.exit(status)
 

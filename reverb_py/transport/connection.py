@@ -23,7 +23,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 from websockets.frames import Opcode
@@ -73,7 +73,8 @@ class WebSocketHandler(Protocol):
 class WebSocketEndpoint(Protocol):
     """What an upgrade request was routed to: its message size limit and its handler factory."""
 
-    max_message_size: int
+    @property
+    def max_message_size(self) -> int: ...
 
     def open(self, socket: Connection) -> WebSocketHandler: ...
 
@@ -259,8 +260,10 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it
-        self.transport = transport  # type: ignore[assignment]
+        # A stream server always hands over a full Transport, but uvloop's implement
+        # asyncio.Transport without subclassing it, so no isinstance check can narrow the type.
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         limits = self._limits
@@ -271,11 +274,11 @@ class Connection(asyncio.Protocol):
                 "allows (raise `ulimit -n`)",
                 len(self._registry),
             )
-            transport.abort()
+            stream.abort()
             return
         self.request_started = _UNSTAMPED
         # Past this many unsent bytes asyncio calls pause_writing (see below).
-        transport.set_write_buffer_limits(high=limits.write_buffer_limit)  # type: ignore[attr-defined]
+        stream.set_write_buffer_limits(high=limits.write_buffer_limit)
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -27,8 +27,6 @@ except ImportError:  # pragma: no cover - websockets ships the C extension for e
 
 from reverb_py.http_types import HttpRequest, HttpResponse, error_response
 
-_NO_EXTENSIONS: list = []
-
 
 def text_frame(payload: bytes) -> bytes:
     """An unmasked server text frame; encode once, write to any number of sockets.
@@ -44,7 +42,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def control_frame(opcode: Opcode, payload: bytes = b"") -> bytes:
-    return Frame(opcode, payload).serialize(mask=False, extensions=_NO_EXTENSIONS)
+    return Frame(opcode, payload).serialize(mask=False)
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
