@@ -12,7 +12,7 @@ import secrets
 import string
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -220,12 +220,6 @@ class Settings:
     # With a generated app: the Reverb-looking variables that were set anyway (names only),
     # the usual sign of a misspelt or empty REVERB_APP_* in a .env.
     ignored_app_variables: tuple[str, ...] = ()
-
-    def app_by_key(self) -> dict[str, App]:
-        return {app.key: app for app in self.apps}
-
-    def app_by_id(self) -> dict[str, App]:
-        return {app.id: app for app in self.apps}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -801,8 +795,3 @@ def load_settings(
         generated_app=generated,
         ignored_app_variables=ignored,
     )
-
-
-def with_apps(settings: Settings, *apps: App) -> Settings:
-    """A copy of settings serving exactly these apps (tests and embedding)."""
-    return replace(settings, apps=apps, generated_app=False)

@@ -130,8 +130,8 @@ class ServerCollector:
             "reverb_transport_refused",
             "HTTP requests and sockets the transport refused before any app saw them, by "
             "reason: bad_request, bad_target, method (400/405), header_too_large (431), "
-            "body_too_large (413), pipelining (429), request_timeout (408), fd_limit (a socket "
-            "closed on accept: no file descriptor to spare).",
+            "body_too_large (413), request_timeout (408), fd_limit (a socket closed on accept: "
+            "no file descriptor to spare).",
             labels=["reason"],
         )
         for reason, count in self.router.transport_refusals.counts.items():

@@ -73,11 +73,10 @@ def freeze_startup_objects() -> None:
     """Move everything alive after start-up (modules, apps, settings: hundreds of thousands of
     objects that live as long as the process) out of the collector's reach.
 
-    Otherwise every full collection walks them all: measured at 1 000 subscribers, a gen2
-    collection paused the loop for 24-79 ms every few seconds, which was the whole p99 and
-    maximum of delivery latency (docs/performance.md). Frozen objects are never collected,
-    so only start-up state belongs there: connections and sessions come later and stay
-    collectable."""
+    Otherwise every full collection walks them all: measured at 1 000 subscribers, those gen2
+    pauses were the whole p99 and maximum of delivery latency (docs/performance.md). Frozen
+    objects are never collected, so only start-up state belongs there: connections and
+    sessions come later and stay collectable."""
     gc.collect()
     gc.freeze()
 

@@ -3,7 +3,7 @@
 No Pusher knowledge lives here. The application side is two small interfaces:
 `HttpApplication` answers requests and routes upgrades, `WebSocketHandler` receives messages.
 
-Design choices that matter for speed and memory (DESIGN.md "Performance design"):
+Design choices that matter for speed and memory:
 - callbacks only: no task and no timer per connection;
 - outgoing frames are queued per connection and flushed once per event-loop iteration by the
   shared `WriteCoalescer`, so N frames for one socket cost one `transport.write`;
@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, cast
 
 import httptools
@@ -30,7 +29,7 @@ from websockets.frames import Opcode
 
 from reverb_py.http_types import HttpRequest, HttpResponse, error_response
 from reverb_py.latency import DeliveryLatency
-from reverb_py.transport.refusals import TransportRefusals
+from reverb_py.transport.refusals import RefusalReason, TransportRefusals
 from reverb_py.transport.websocket import (
     PING_FRAME,
     FrameError,
@@ -45,19 +44,15 @@ from reverb_py.transport.websocket import (
 
 logger = logging.getLogger("reverb_py.transport")
 
-_MAX_PIPELINED_RESPONSES = 64
 # HTTP requests answered per loop iteration for one client, the slices its reads are fed to
 # httptools in (a 1 KiB slice holds at most 56 requests) and the bytes fed per iteration (16 KiB
-# of one-byte chunks is 2 700 body callbacks, ~3 ms): see Connection._feed_http.
+# of one-byte chunks is 2 700 body callbacks): see Connection._feed_http.
 MAX_REQUESTS_PER_READ = 32
 _FEED_SLICE = 1024
 _FEED_PER_TURN = 16384
 # WebSocket messages handed to the handler per loop turn for one client.
 MAX_MESSAGES_PER_TURN = 64
 _UNSTAMPED = -1.0  # a request began since the last sweep, which stamps it with its time
-# An HTTP answer waiting its turn: the response (or its future), keep-alive, and whether it
-# answers HEAD.
-_Answer = tuple["HttpResponse | asyncio.Future[HttpResponse]", bool, bool]
 
 
 class WebSocketHandler(Protocol):
@@ -80,7 +75,7 @@ class WebSocketEndpoint(Protocol):
 
 
 class HttpApplication(Protocol):
-    def handle_http(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]: ...
+    def handle_http(self, request: HttpRequest) -> HttpResponse: ...
 
     def route_websocket(self, request: HttpRequest) -> WebSocketEndpoint | HttpResponse: ...
 
@@ -88,7 +83,7 @@ class HttpApplication(Protocol):
 class _Refused(Exception):
     """Raised from a parser callback to stop reading: answer this and close."""
 
-    def __init__(self, reason: str, response: HttpResponse) -> None:
+    def __init__(self, reason: RefusalReason, response: HttpResponse) -> None:
         self.reason = reason
         self.response = response
 
@@ -197,7 +192,6 @@ class Connection(asyncio.Protocol):
         "_reading_paused",
         "_registry",
         "_requests_in_read",
-        "_responses",
         "_unread",
         "_url",
         "_write_paused",
@@ -239,7 +233,6 @@ class Connection(asyncio.Protocol):
         self._backlog: bytes | None = None
         # WebSocket messages of a read not yet handed on (see _handle_messages).
         self._unread: Iterator[tuple[Received, bytes]] | None = None
-        self._responses: deque[_Answer] = deque()
         self._pending: list[bytes] | None = None
         self._write_paused = False
         self._reading_paused = False
@@ -291,10 +284,6 @@ class Connection(asyncio.Protocol):
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost()
-        for pending, _, _ in self._responses:
-            if isinstance(pending, asyncio.Future):
-                pending.cancel()
-        self._responses.clear()
 
     def pause_writing(self) -> None:
         """The client is not reading what it asked for: over HTTP, stop reading its requests
@@ -327,11 +316,11 @@ class Connection(asyncio.Protocol):
         """Parse requests out of `data` for at most a bounded amount of work per loop iteration.
 
         httptools cannot stop part-way through the bytes it is given, and 256 KiB of pipelined
-        `GET /up` is 9 000 requests (200 ms of loop time). So a large read is fed in slices;
-        once _FEED_PER_TURN bytes were fed, or MAX_REQUESTS_PER_READ requests or a write
-        buffer's worth of answers came out of them, the rest waits for the next loop iteration
-        (or, when the client is not reading its answers, for it to catch up), and the socket
-        is not read meanwhile."""
+        `GET /up` is 9 000 requests, answered in one go a stall every other client would feel.
+        So a large read is fed in slices; once _FEED_PER_TURN bytes were fed, or
+        MAX_REQUESTS_PER_READ requests or a write buffer's worth of answers came out of them,
+        the rest waits for the next loop iteration (or, when the client is not reading its
+        answers, for it to catch up), and the socket is not read meanwhile."""
         at, end = 0, len(data)
         while at < end:
             parser = self._parser
@@ -484,10 +473,6 @@ class Connection(asyncio.Protocol):
             return  # handled when feed_data raises HttpParserUpgrade
         request = self._build_request(parser)
         self._requests_in_read += 1
-        if len(self._responses) >= _MAX_PIPELINED_RESPONSES:
-            raise _Refused(
-                "pipelining", error_response(429, "Too many pipelined requests: read the answers")
-            )
         self._dispatch(request)
 
     def _build_request(self, parser: httptools.HttpRequestParser) -> HttpRequest:
@@ -503,43 +488,15 @@ class Connection(asyncio.Protocol):
             raw_headers=self._headers,
         )
 
-    # HTTP responses, kept in request order even when some are computed asynchronously ------
+    # HTTP responses ------------------------------------------------------------------------
 
     def _dispatch(self, request: HttpRequest) -> None:
         try:
-            result = self._app.handle_http(request)
+            response = self._app.handle_http(request)
         except Exception:
             logger.exception("HTTP handler failed for %s %s", request.method, request.path)
-            result = error_response(500, "Internal server error")
-        head = request.method == "HEAD"
-        if isinstance(result, HttpResponse):
-            if not self._responses:
-                self._write_response(result, request.keep_alive, head)
-                return
-            self._responses.append((result, request.keep_alive, head))
-        else:
-            future = asyncio.ensure_future(result)
-            future.add_done_callback(self._response_ready)
-            self._responses.append((future, request.keep_alive, head))
-
-    def _response_ready(self, _: asyncio.Future[HttpResponse]) -> None:
-        while self._responses:
-            pending, keep_alive, head = self._responses[0]
-            if isinstance(pending, asyncio.Future):
-                if not pending.done():
-                    return
-                if pending.cancelled():
-                    return
-                exc = pending.exception()
-                if exc is not None:
-                    logger.error("HTTP handler failed", exc_info=exc)
-                    response = error_response(500, "Internal server error")
-                else:
-                    response = pending.result()
-            else:
-                response = pending
-            self._responses.popleft()
-            self._write_response(response, keep_alive, head)
+            response = error_response(500, "Internal server error")
+        self._write_response(response, request.keep_alive, request.method == "HEAD")
 
     def _write_response(self, response: HttpResponse, keep_alive: bool, head: bool = False) -> None:
         """Queued like WebSocket frames: pipelined requests read together are answered with
@@ -575,7 +532,6 @@ class Connection(asyncio.Protocol):
     def _reply_and_close(self, response: HttpResponse) -> None:
         self._parser = None
         self.request_started = None
-        self._responses.clear()
         self._write_response(response, keep_alive=False)
 
     # WebSocket upgrade --------------------------------------------------------------------
@@ -593,9 +549,6 @@ class Connection(asyncio.Protocol):
             self._refuse(refused)
             return
         self._parser = None
-        if self._responses:  # an upgrade pipelined behind HTTP requests is not supported
-            self._reply_and_close(error_response(400, "Upgrade after pipelined requests"))
-            return
         try:
             endpoint = self._app.route_websocket(request)
         except Exception:
