@@ -15,6 +15,8 @@ per channel.
 
 A receiver that fails (connection error, timeout, non-2xx) gets the same body again with
 exponential back-off until `retry_for` seconds after the first attempt (Pusher: 5 minutes).
+Every wait (the batch window, the back-off, the shutdown flush) and every age is read from the
+clock and sleep that `Webhooks` is given, so tests drive them without waiting.
 Each URL has one request in flight at a time and at most `queue_size` waiting events; beyond
 that new events are dropped, counted and logged, so a slow or dead receiver costs bounded
 memory and never delays message delivery.
@@ -34,7 +36,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httpx
@@ -52,6 +54,8 @@ MAX_RETRY_DELAY = 60.0
 SHUTDOWN_FLUSH_SECONDS = 2.0
 
 Item = dict[str, Any]
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 # Why events are dropped: the metrics label and the log line's explanation.
 DROP_REASONS = {
@@ -176,10 +180,11 @@ class Target:
 class AppWebhooks:
     """The webhook decisions of one app. Every method is synchronous and cheap."""
 
-    __slots__ = ("app", "by_kind", "delay", "delayed", "delayed_limit", "targets")
+    __slots__ = ("app", "by_kind", "clock", "delay", "delayed", "delayed_limit", "targets")
 
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(self, app: App, settings: Settings, clock: Clock = time.monotonic) -> None:
         self.app = app
+        self.clock = clock  # when an event decided without a time was queued
         self.delay = settings.webhook_delay
         # Channel churn (subscribe, unsubscribe, next name) defers one event per channel;
         # past this many, the oldest goes to the queue early instead of memory growing.
@@ -215,7 +220,7 @@ class AppWebhooks:
         if not targets:
             return
         channel = item["channel"]
-        when = time.monotonic() if now is None else now
+        when = self.clock() if now is None else now
         for target in targets:
             if target.hook.accepts(channel):
                 target.offer(item, when, cause)
@@ -298,10 +303,14 @@ class Webhooks:
     Apps come and go while the server runs (the database app store): `add`, `update` and
     `remove` keep one sender per URL of the apps known, started at once once `start` ran."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
         self.apps: dict[str, AppWebhooks] = {
-            app.id: AppWebhooks(app, settings) for app in settings.apps
+            app.id: AppWebhooks(app, settings, clock) for app in settings.apps
         }
         self._client: httpx.AsyncClient | None = None
         self._tasks: dict[Target, asyncio.Task[None]] = {}
@@ -325,7 +334,7 @@ class Webhooks:
         self._tasks[target] = asyncio.create_task(self._send_forever(target))
 
     def add(self, app: App) -> AppWebhooks:
-        hooks = self.apps[app.id] = AppWebhooks(app, self.settings)
+        hooks = self.apps[app.id] = AppWebhooks(app, self.settings, self._clock)
         if self._started:
             for target in hooks.targets:
                 self._spawn(target)
@@ -362,13 +371,13 @@ class Webhooks:
         """Send what is delayed or queued, for up to SHUTDOWN_FLUSH_SECONDS, then stop."""
         for hooks in self.apps.values():
             hooks.flush()
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        deadline = self._clock() + SHUTDOWN_FLUSH_SECONDS
         while (
             self._tasks
-            and time.monotonic() < deadline
+            and self._clock() < deadline
             and any(target.queue or target.in_flight for target in self.targets())
         ):
-            await asyncio.sleep(0.02)
+            await self._sleep(0.02)
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -386,8 +395,8 @@ class Webhooks:
                 target.wake.clear()
                 await target.wake.wait()
             if settings.webhook_batch_window:
-                await asyncio.sleep(settings.webhook_batch_window)
-            items = target.take(time.monotonic(), settings.webhook_retry_for)
+                await self._sleep(settings.webhook_batch_window)
+            items = target.take(self._clock(), settings.webhook_retry_for)
             if not items:
                 continue
             target.in_flight = len(items)
@@ -410,7 +419,7 @@ class Webhooks:
             "X-Pusher-Key": app.key,
             "X-Pusher-Signature": webhook_signature(app.secret, body),
         }
-        first = time.monotonic()
+        first = self._clock()
         attempt = 0
         while True:
             try:
@@ -424,7 +433,7 @@ class Webhooks:
             target.failed_attempts += 1
             delay = min(settings.webhook_retry_base * 2**attempt, MAX_RETRY_DELAY)
             delay *= 0.75 + random.random() / 2  # spread retries of many replicas/URLs
-            if time.monotonic() + delay - first > settings.webhook_retry_for:
+            if self._clock() + delay - first > settings.webhook_retry_for:
                 target.drop(len(items), "receiver_failed")
                 return
             logger.warning(
@@ -434,5 +443,5 @@ class Webhooks:
                 attempt + 1,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             attempt += 1

@@ -1,22 +1,29 @@
 """Webhooks as a Laravel backend receives them: a real HTTP receiver, every body checked with the
-official pusher SDK's `validate_webhook`, clients driven over real WebSockets."""
+official pusher SDK's `validate_webhook`, clients driven over real WebSockets.
+
+The delay of `channel_vacated` / `member_removed` is a minute here, longer than any test: the
+test releases delayed events itself (`release_delayed`, what the server's sweep does once they
+are due) and waits for the senders to be idle (`settled`) instead of sleeping to see whether
+something else arrives. The senders' own timers are tested in test_webhook_timers.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from reverb_py.config import Webhook
+from reverb_py.webhooks import AppWebhooks
+from tests.clock import eventually
 from tests.conftest import PusherSocket, Running, ServerFactory, app_with
 from tests.replicas import free_port
 from tests.webhook_receiver import Receiver, names
 
-FAST = {"webhook_delay": 0.3, "webhook_batch_window": 0.02, "webhook_retry_base": 0.05}
+FAST = {"webhook_delay": 60.0, "webhook_batch_window": 0.02, "webhook_retry_base": 0.05}
 ALL_KINDS = (
     "channel_occupied",
     "channel_vacated",
@@ -42,6 +49,21 @@ async def start_with_hooks(
     return await start_server(app, **{**FAST, **settings})
 
 
+def app_hooks(running: Running) -> AppWebhooks:
+    return running.server.webhooks.apps[running.app.id]
+
+
+def release_delayed(running: Running) -> None:
+    """What the server's sweep does once the delay has passed."""
+    running.server.webhooks.tick(time.monotonic() + FAST["webhook_delay"])
+
+
+async def settled(running: Running) -> None:
+    """Until nothing is queued or in flight: every event decided so far has been sent."""
+    targets = list(running.server.webhooks.targets())
+    await eventually(lambda: not any(target.queue or target.in_flight for target in targets))
+
+
 async def join_presence(running: Running, client: PusherSocket, channel: str, user: str) -> None:
     auth = running.sdk().authenticate(channel, client.socket_id, {"user_id": user})
     reply = await client.subscribe(channel, auth["auth"], auth["channel_data"])
@@ -64,12 +86,19 @@ async def test_occupied_then_vacated_after_the_delay(
     body = json.loads(request.body)
     assert isinstance(body["time_ms"], int)
 
-    left_at = asyncio.get_running_loop().time()
+    hooks = app_hooks(running)
+    left_at = time.monotonic()
     await client.send("pusher:unsubscribe", {"channel": "security-dashboard"})
+    await eventually(lambda: bool(hooks.delayed))  # Pusher delays vacated by a few seconds
+    ((due, item, _),) = hooks.delayed.values()
+    assert item == {"name": "channel_vacated", "channel": "security-dashboard"}
+    assert left_at + FAST["webhook_delay"] <= due <= time.monotonic() + FAST["webhook_delay"]
+    running.server.webhooks.tick(due - 0.001)
+    await settled(running)
+    assert len(receiver.events()) == 1
+    running.server.webhooks.tick(due)
     events = await receiver.wait_for(2)
-    waited = asyncio.get_running_loop().time() - left_at
     assert names(events)[1] == ("channel_vacated", "security-dashboard")
-    assert waited >= FAST["webhook_delay"]  # Pusher delays vacated by a few seconds
 
 
 async def test_page_reload_within_the_delay_sends_nothing(
@@ -83,13 +112,17 @@ async def test_page_reload_within_the_delay_sends_nothing(
         ("channel_occupied", "presence-room"),
         ("member_added", "presence-room", "alice"),
     ]
-    await tab.close()  # the page reloads: the same user is back well within 0.3 s
+    await tab.close()  # the page reloads: the same user is back within the delay
     tab = await running.connect()
     await join_presence(running, tab, "presence-room", "alice")
-    await asyncio.sleep(FAST["webhook_delay"] * 3)
+    release_delayed(running)
+    await settled(running)
     assert len(receiver.events()) == 2  # no vacated/removed, and no second occupied/added
 
     await tab.close()  # a real departure still arrives, member first
+    hooks = app_hooks(running)
+    await eventually(lambda: len(hooks.delayed) == 2)
+    release_delayed(running)
     events = await receiver.wait_for(4)
     assert names(events)[2:] == [
         ("member_removed", "presence-room", "alice"),
@@ -109,9 +142,12 @@ async def test_members_are_users_not_sockets(
     await join_presence(running, bob, "presence-room", "bob")
     await alice1.close()  # alice is still there through her second tab
     await bob.close()
-    events = await receiver.wait_for(3)
-    await asyncio.sleep(FAST["webhook_delay"] * 2)
-    assert names(receiver.events()) == [
+    hooks = app_hooks(running)
+    await eventually(lambda: bool(hooks.delayed))
+    release_delayed(running)
+    await settled(running)
+    events = receiver.events()
+    assert names(events) == [
         ("member_added", "presence-room", "alice"),
         ("member_added", "presence-room", "bob"),
         ("member_removed", "presence-room", "bob"),
@@ -160,10 +196,8 @@ async def test_cache_miss_once_for_simultaneous_subscribers(
     for client in clients:
         await client.expect("pusher_internal:subscription_succeeded")
         await client.expect("pusher:cache_miss")
-    events = await receiver.wait_for(1)
-    await asyncio.sleep(0.3)
+    await settled(running)
     assert names(receiver.events()) == [("cache_miss", "cache-status")]
-    assert len(events) == 1
 
 
 async def test_failing_receiver_gets_the_events_once_after_retries(
@@ -175,13 +209,12 @@ async def test_failing_receiver_gets_the_events_once_after_retries(
         client = await running.connect()
         await client.subscribe("alerts")
         await client.subscribe("news")  # same batch window: one request carries both
-        events = await receiver.wait_for(2)
-        await asyncio.sleep(0.3)
+        await receiver.wait_for(2)
+        await settled(running)
         assert sorted(names(receiver.events())) == [
             ("channel_occupied", "alerts"),
             ("channel_occupied", "news"),
         ]
-        assert len(events) == 2
         assert len(receiver.requests) == 3  # two 500s, then the one that counted
         assert len({request.body for request in receiver.requests}) == 1  # the same body
         (target,) = running.server.webhooks.targets()
@@ -204,9 +237,10 @@ async def test_filters_and_event_types(start_server: ServerFactory) -> None:
         for channel in ("public-eu", "public-us"):
             await client.subscribe(channel)
         await client.close()
-        await private_only.wait_for(1)
-        await ends_with.wait_for(2)
-        await asyncio.sleep(0.3)
+        hooks = app_hooks(running)
+        await eventually(lambda: len(hooks.delayed) == 3)
+        release_delayed(running)
+        await settled(running)
         assert names(private_only.events()) == [("channel_occupied", "private-eu")]
         assert sorted(names(ends_with.events())) == [
             ("channel_vacated", "private-eu"),
@@ -243,6 +277,8 @@ async def test_dead_receiver_costs_bounded_memory_and_never_delays_delivery(
     assert target.dropped_total >= 70  # 81 events, one request in flight, 5 queued
     assert "dropped" in caplog.text
     assert dead not in caplog.text and running.app.secret not in caplog.text
+    # Done: without its webhooks the server's close need not wait for the dead receiver.
+    running.server.webhooks.remove(running.app.id)
 
 
 async def test_subscription_count_webhook_by_the_count(
