@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -96,6 +97,12 @@ class Running:
             ssl=False,
             **kwargs,
         )
+
+    def sweep_after(self, seconds: float) -> None:
+        """Run the server's periodic sweep as if `seconds` more had passed: what it fires (pings,
+        deadlines, throttled counts, delayed webhooks) fires now, without the test waiting. Later
+        real sweeps read an earlier time and change nothing that this one did."""
+        self.server.sweep(time.monotonic() + seconds, asyncio.get_running_loop().time())
 
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking SDK call off the event loop that serves it."""

@@ -203,12 +203,13 @@ async def test_fragmented_message_is_reassembled(running: Running) -> None:
 
 
 async def test_silent_socket_is_pinged_then_closed_4201(start_server: ServerFactory) -> None:
-    running = await start_server(app_with(ping_interval=0.3, pong_timeout=0.3))
+    running = await start_server(app_with(ping_interval=60, pong_timeout=30))
     # A client that never subscribes is checked too (Reverb leaves those forever).
     ws = await websockets.connect(running.url(), ping_interval=None)
     await ws.recv()
     ws.transport.pause_reading()  # a dead client: answers neither kind of ping
-    await asyncio.sleep(1.5)
+    for seconds in (1, 62, 93):  # the sweeps of a silent minute, then of the pong timeout
+        running.sweep_after(seconds)
     ws.transport.resume_reading()
     ping = json.loads(await asyncio.wait_for(ws.recv(), 3))
     assert ping["event"] == "pusher:ping"
