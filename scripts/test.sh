@@ -100,13 +100,25 @@ done
 # Type checking: strict, configured in pyproject.toml's [tool.mypy] (see CONTRIBUTING.md).
 .venv/bin/mypy
 
+# The suite in two runs (tests/conftest.py picks them by REVERB_TESTS_ALONE). First every test
+# that asserts no bound on time, over parallel workers: those tests mostly wait on servers,
+# Redis, subprocesses and sockets, so four workers keep two cores busy; tests of one file share a
+# worker (module fixtures, one image build). Then the tests marked `alone`, one at a time, so
+# that no other test's load can break their bounds. Pytest arguments apply to both runs.
 set +e
-.venv/bin/python -m pytest "$@"
-status=$?
+REVERB_TESTS_ALONE=skip .venv/bin/python -m pytest -n 4 --dist loadfile "$@"
+parallel=$?
+REVERB_TESTS_ALONE=only .venv/bin/python -m pytest "$@"
+alone=$?
 set -e
-# pytest exit code 5 means no test ran: that is a failure here.
-if [ "$status" -eq 5 ]; then
+# pytest exit code 5 means no test ran: fine for one run (a selection may hold no `alone` test),
+# a failure for both.
+if [ "$parallel" -eq 5 ] && [ "$alone" -eq 5 ]; then
   echo "pytest collected no tests" >&2
   exit 1
 fi
-exit "$status"
+for status in "$parallel" "$alone"; do
+  if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then
+    exit "$status"
+  fi
+done

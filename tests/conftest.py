@@ -112,6 +112,23 @@ class Running:
 ServerFactory = Callable[..., Awaitable[Running]]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """REVERB_TESTS_ALONE=skip leaves out the tests marked `alone` and =only keeps just them:
+    scripts/test.sh runs the others in parallel, then these by themselves, so that no other
+    test's load can break the time bounds they assert."""
+    mode = os.environ.get("REVERB_TESTS_ALONE")
+    if mode not in ("skip", "only"):
+        return
+    keep: list[pytest.Item] = []
+    leave: list[pytest.Item] = []
+    for item in items:
+        alone = item.get_closest_marker("alone") is not None
+        (keep if alone == (mode == "only") else leave).append(item)
+    if leave:
+        config.hook.pytest_deselected(items=leave)
+        items[:] = keep
+
+
 @pytest.fixture
 async def start_server() -> AsyncIterator[ServerFactory]:
     servers: list[Server] = []

@@ -18,6 +18,8 @@ from tests.test_http_api import post, raw_http, status_and_json
 from tests.test_metrics import scrape, value
 from tests.webhook_receiver import Receiver
 
+pytestmark = pytest.mark.alone  # its round-trip bounds hold on an idle machine, not beside others
+
 # Signed bodies that are valid JSON but not a valid trigger. Each must get a 4xx with a JSON
 # error body (never a 500, never a dropped connection).
 WRONG_SHAPES: list[tuple[str, bytes]] = [

@@ -109,6 +109,7 @@ async def http_get(
 # Graceful shutdown
 
 
+@pytest.mark.alone
 async def test_sigterm_drains_every_client_with_4200_and_exits_0() -> None:
     drain = 2.0
     server = Process("--drain-seconds", str(int(drain)))

@@ -8,6 +8,7 @@ that is how these tests were checked to assert real Pusher behaviour and not rev
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import subprocess
@@ -27,12 +28,15 @@ def node_modules() -> Path:
     if shutil.which("node") is None:
         pytest.fail("the interop tests need Node.js (scripts/test.sh installs it)")
     modules = INTEROP_DIR / "node_modules"
-    if not all((modules / name).is_dir() for name in ("pusher-js", "laravel-echo")):
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=INTEROP_DIR,
-            check=True,
-        )
+    # Parallel test workers each ask for this: one installs, the others wait for it.
+    with (INTEROP_DIR / ".npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((modules / name).is_dir() for name in ("pusher-js", "laravel-echo")):
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=INTEROP_DIR,
+                check=True,
+            )
     return modules
 
 
