@@ -19,7 +19,7 @@ import signal
 import ssl
 import time
 import uuid
-from collections.abc import Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 from reverb_py.address_file import remove_address_file, write_address_file
@@ -221,17 +221,22 @@ class Server:
                 hub.announce_throttled_counts(now)
         self.webhooks.tick(now)
 
-    async def drain(self) -> None:
+    async def drain(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """Fail readiness and refuse new WebSocket upgrades, then close every client with 4200
         spread over the drain window, so that reconnects land on other replicas without a
         stampede. The listener stays open: a trigger that reaches this replica while balancers
-        catch up is still delivered, here and through the cluster."""
+        catch up is still delivered, here and through the cluster. Every wait and progress
+        report goes by `clock` and `sleep`, so tests drive the window without waiting."""
         router = self.router
         router.draining = True
         sessions = [s for hub in router.hubs_by_id.values() for s in hub.sessions.values()]
         random.shuffle(sessions)
         window = self.settings.drain_seconds
-        started = time.monotonic()
+        started = clock()
         logger.info(
             "draining: readiness is 503 and new WebSockets are refused, the HTTP API is still "
             "served; telling %s to reconnect (4200) over %.1f s",
@@ -244,10 +249,10 @@ class Server:
             next_report = started + 1.0
             for start in range(0, len(sessions), per_step):
                 if start and window:
-                    await asyncio.sleep(window / steps)
+                    await sleep(window / steps)
                 for session in sessions[start : start + per_step]:
                     session.close(ErrorCode.RECONNECT, "Server is shutting down, reconnect")
-                if time.monotonic() >= next_report:
+                if clock() >= next_report:
                     next_report += 1.0
                     done = min(start + per_step, len(sessions))
                     total = counted(len(sessions), "client")
@@ -257,16 +262,16 @@ class Server:
             # whole window: triggers may be routed here until the failing readiness is noticed,
             # and they still reach the other replicas' clients. A lone server has nobody left to
             # deliver to once its clients are gone.
-            await asyncio.sleep(max(0.0, started + window - time.monotonic()))
-        deadline = time.monotonic() + STUCK_CLOSING_SECONDS
-        while any(c.is_websocket for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await sleep(max(0.0, started + window - clock()))
+        deadline = clock() + STUCK_CLOSING_SECONDS
+        while any(c.is_websocket for c in self.connections) and clock() < deadline:
+            await sleep(0.05)
         stuck = sum(1 for c in self.connections if c.is_websocket)
         for connection in list(self.connections):
             connection.abort()
         logger.info(
             "drain finished in %.1f s: %s told to reconnect, %s aborted",
-            time.monotonic() - started,
+            clock() - started,
             counted(len(sessions), "client"),
             counted(stuck, "unanswered close"),
         )

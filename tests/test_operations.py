@@ -36,6 +36,7 @@ from pusher.pusher_client import PusherClient
 
 from reverb_py.ratelimit import ClientAddress, NewConnectionLimiter, parse_networks
 from reverb_py.server import raise_fd_limit
+from tests.clock import ManualClock, eventually
 from tests.conftest import APP, PusherSocket, Running, ServerFactory, app_with
 from tests.redis_topologies import write_pem
 from tests.replicas import ROOT, free_port, wait_for
@@ -245,6 +246,39 @@ async def test_upgrade_on_a_kept_alive_connection_during_drain_gets_503(
     assert data.endswith(b'{"error":"Draining: connect to another replica","code":503}')
     writer.close()
     await drain
+
+
+async def finish_drain(drain: asyncio.Task[None], clock: ManualClock, step: float) -> None:
+    """Move the clock by `step` whenever the drain waits on it, until it is done."""
+    while not drain.done():
+        await eventually(lambda: drain.done() or clock.sleeping > 0)
+        clock.advance(step)
+    await drain
+
+
+async def test_a_drain_spreads_the_4200_closes_over_its_window(
+    start_server: ServerFactory,
+) -> None:
+    """Ten clients, a 2 s window: one is told to reconnect every 0.2 s, by the drain's clock."""
+    running = await start_server(drain_seconds=2)
+    clients = [await running.connect() for _ in range(10)]
+    told = [asyncio.ensure_future(client.expect("pusher:error", timeout=10)) for client in clients]
+    clock = ManualClock()
+    drain = asyncio.create_task(running.server.drain(clock, clock.sleep))
+
+    def told_so_far() -> int:
+        return sum(each.done() for each in told)
+
+    for step in range(1, 11):
+        await eventually(lambda n=step: told_so_far() == n)
+        if step < 10:
+            await eventually(lambda: clock.sleeping == 1)
+            assert told_so_far() == step  # the next one waits for the clock
+            assert clock.sleeps[-1] == pytest.approx(0.2)
+            clock.advance(0.2)
+    assert {(await each)["data"]["code"] for each in told} == {4200}
+    await finish_drain(drain, clock, 0.05)
+    assert clock.now - 100.0 == pytest.approx(1.8, abs=0.2)  # no waiting past the last close
 
 
 async def test_drain_log_counts_one_client_in_the_singular(
