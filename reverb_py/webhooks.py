@@ -189,7 +189,7 @@ class AppWebhooks:
         # Channel churn (subscribe, unsubscribe, next name) defers one event per channel;
         # past this many, the oldest goes to the queue early instead of memory growing.
         self.delayed_limit = settings.webhook_queue_size
-        log = ThrottledLog(logger)  # this app's drop warnings, one line per reason every 10 s
+        log = ThrottledLog(logger, clock=clock)  # drop warnings, a line per reason every 10 s
         self.targets = [
             Target(app, hook, settings.webhook_queue_size, settings.webhook_queue_share, log)
             for hook in app.webhooks

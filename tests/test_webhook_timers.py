@@ -5,6 +5,7 @@ receiver, without waiting for any of them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -186,3 +187,19 @@ async def test_shutdown_gives_up_on_a_failing_receiver_after_the_flush_deadline(
     await close(hooks, step=0.5)
     assert clock() - started >= SHUTDOWN_FLUSH_SECONDS
     assert hooks.target.dropped == {"shutdown": 1}  # "news", queued behind the failing batch
+
+
+def test_drop_warnings_are_throttled_by_the_same_clock(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = app_with(webhooks=(Webhook("http://127.0.0.1:9/hooks", KINDS),))
+    hooks = AppWebhooks(app, Settings(apps=(app,), webhook_queue_size=1), clock)
+    with caplog.at_level(logging.WARNING, logger="reverb_py.webhooks"):
+        for index in range(5):
+            hooks.channel_occupied(f"c-{index}")  # the first is queued, the rest dropped
+        clock.advance(10.0)
+        hooks.channel_occupied("c-5")
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[1].endswith("(and 3 more since the last such line)")
+    assert hooks.targets[0].dropped == {"queue_full": 5}
