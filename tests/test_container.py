@@ -271,30 +271,24 @@ async def test_stop_drains_every_client_with_4200_and_exits_0(runner: Runner) ->
     assert "drain finished" in container.logs()
 
 
-def test_two_builds_of_one_commit_install_the_same_versions(image: str) -> None:
-    """The second build ignores every cached layer, so pip resolves and downloads again: only
-    requirements.lock can make the two agree."""
-    rebuilt = f"{IMAGE}-rebuild"
-    containers.build_image(rebuilt, "--no-cache", "--layers=false")
-    try:
-        versions = [
-            containers.podman(
-                "run", "--rm", "--entrypoint", "python", tag, "-c", INSTALLED_VERSIONS
-            ).stdout.split()
-            for tag in (image, rebuilt)
-        ]
-    finally:
-        containers.podman("rmi", "--force", rebuilt, check=False)
-    assert versions[0] == versions[1]
+def test_the_image_installs_exactly_the_locked_versions(image: str) -> None:
+    """Every package in the image is at its version in requirements.lock, so every build of
+    one commit installs the same: the Dockerfile installs the lock with --require-hashes and
+    --no-deps, and reverb-py itself offline. (A second build with --no-cache proved nothing
+    more, at 25 s of CI.)"""
+    installed = containers.podman(
+        "run", "--rm", "--entrypoint", "python", image, "-c", INSTALLED_VERSIONS
+    ).stdout.split()
     locked = {
         line.split("==")[0].lower().replace("_", "-"): line.split("==")[1].split()[0]
         for line in (ROOT / "requirements.lock").read_text().splitlines()
         if "==" in line and not line.startswith(" ")
     }
-    for line in versions[0]:
+    assert any(line.startswith("reverb-py==") for line in installed), installed
+    for line in installed:
         name, version = line.split("==")
         if name != "reverb-py":
-            assert locked[name.lower().replace("_", "-")] == version, line
+            assert locked.get(name.lower().replace("_", "-")) == version, line
 
 
 # ---------------------------------------------------------------------------------------------
