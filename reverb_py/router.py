@@ -131,8 +131,10 @@ class Router:
         cluster: Cluster,
         webhooks: Webhooks,
         store: AppStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # the hubs', the rate limiter's and readiness's time
         self.prefix = settings.path
         self.debug = settings.debug
         self.cluster = cluster
@@ -180,7 +182,9 @@ class Router:
             return
         hub = self.hubs_by_id.get(new.id)
         if hub is None:
-            hub = self.hubs_by_id[new.id] = AppHub(new, self.cluster, self.webhooks.update(new))
+            hub = self.hubs_by_id[new.id] = AppHub(
+                new, self.cluster, self.webhooks.update(new), self.clock
+            )
         else:
             if self.hubs_by_key.get(hub.app.key) is hub:
                 del self.hubs_by_key[hub.app.key]
@@ -234,7 +238,7 @@ class Router:
         is down still serves its clients and the HTTP API, so it says so in the body instead."""
         if self.draining:
             return _DRAINING
-        status = self.cluster.status(time.monotonic())
+        status = self.cluster.status(self.clock())
         if not status:
             return _READY
         return json_response(200, {"ready": True, **status})
@@ -281,7 +285,7 @@ class Router:
     def _refusal(self, request: HttpRequest, hub: AppHub | None) -> Refusal | None:
         if self.limiter is not None:
             ip = self.client_ip(request)
-            opened = self.limiter.hit(ip, time.monotonic())
+            opened = self.limiter.hit(ip, self.clock())
             if opened > self.limiter.limit:
                 if opened == self.limiter.limit + 1:  # the first refusal of this IP's window
                     self._log_refusal(

@@ -88,12 +88,19 @@ def new_node_id() -> str:
 
 
 class Server:
-    def __init__(self, settings: Settings) -> None:
+    """One replica: the listeners, the router and its hubs, the webhooks, the Redis link.
+
+    `clock` is the time every timer of the server reads (the sweep and what it drives, the
+    hubs and sessions, webhook ages and delays, the rate limiter, the drain), so a test can
+    move it by hand; the Redis link (scaling/) and the apps database store keep their own."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
         self.cluster = Cluster(new_node_id(), settings.scaling_node_timeout)
-        self.webhooks = Webhooks(settings)
+        self.webhooks = Webhooks(settings, clock)
         self.store = app_store(settings)
-        self.router = Router(settings, self.cluster, self.webhooks, self.store)
+        self.router = Router(settings, self.cluster, self.webhooks, self.store, clock)
         self.link: RedisLink | None = None
         if settings.scaling_enabled:
             self.link = RedisLink(
@@ -194,7 +201,7 @@ class Server:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.sweep(time.monotonic(), loop_time=asyncio.get_running_loop().time())
+                self.sweep(self.clock(), loop_time=asyncio.get_running_loop().time())
             except Exception:
                 logger.exception("sweep failed")
 
@@ -221,16 +228,14 @@ class Server:
                 hub.announce_throttled_counts(now)
         self.webhooks.tick(now)
 
-    async def drain(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    async def drain(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         """Fail readiness and refuse new WebSocket upgrades, then close every client with 4200
         spread over the drain window, so that reconnects land on other replicas without a
         stampede. The listener stays open: a trigger that reaches this replica while balancers
         catch up is still delivered, here and through the cluster. Every wait and progress
-        report goes by `clock` and `sleep`, so tests drive the window without waiting."""
+        report goes by the server's clock and `sleep`, so tests drive the window without
+        waiting."""
+        clock = self.clock
         router = self.router
         router.draining = True
         sessions = [s for hub in router.hubs_by_id.values() for s in hub.sessions.values()]

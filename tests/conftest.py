@@ -102,7 +102,7 @@ class Running:
         """Run the server's periodic sweep as if `seconds` more had passed: what it fires (pings,
         deadlines, throttled counts, delayed webhooks) fires now, without the test waiting. Later
         real sweeps read an earlier time and change nothing that this one did."""
-        self.server.sweep(time.monotonic() + seconds, asyncio.get_running_loop().time())
+        self.server.sweep(self.server.clock() + seconds, asyncio.get_running_loop().time())
 
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking SDK call off the event loop that serves it."""
@@ -133,8 +133,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 async def start_server() -> AsyncIterator[ServerFactory]:
     servers: list[Server] = []
 
-    async def start(app: App = APP, **settings: Any) -> Running:
-        server = Server(Settings(host="127.0.0.1", port=0, apps=(app,), **settings))
+    async def start(
+        app: App = APP, clock: Callable[[], float] = time.monotonic, **settings: Any
+    ) -> Running:
+        server = Server(Settings(host="127.0.0.1", port=0, apps=(app,), **settings), clock)
         await server.start()
         servers.append(server)
         return Running(server, app)

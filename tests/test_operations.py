@@ -259,12 +259,12 @@ async def finish_drain(drain: asyncio.Task[None], clock: ManualClock, step: floa
 async def test_a_drain_spreads_the_4200_closes_over_its_window(
     start_server: ServerFactory,
 ) -> None:
-    """Ten clients, a 2 s window: one is told to reconnect every 0.2 s, by the drain's clock."""
-    running = await start_server(drain_seconds=2)
+    """Ten clients, a 2 s window: one is told to reconnect every 0.2 s, by the server's clock."""
+    clock = ManualClock()
+    running = await start_server(drain_seconds=2, clock=clock)
     clients = [await running.connect() for _ in range(10)]
     told = [asyncio.ensure_future(client.expect("pusher:error", timeout=10)) for client in clients]
-    clock = ManualClock()
-    drain = asyncio.create_task(running.server.drain(clock, clock.sleep))
+    drain = asyncio.create_task(running.server.drain(clock.sleep))
 
     def told_so_far() -> int:
         return sum(each.done() for each in told)
