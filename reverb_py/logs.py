@@ -48,6 +48,11 @@ class ThrottledLog:
     formatting, so repeats are counted instead and the count rides on the next line that is
     written. Keys must come from a bounded set (a reason, an app id), never from client input:
     the map of keys is never pruned. The clock is injectable so tests need not sleep.
+
+    The same throttle serves unexpected exceptions (a bug a client can trigger at will is a
+    flood like any other): `exc_info` puts the traceback on the lines that are written, so a
+    bug leaves a stack to fix it from. Tracebacks show code and the exception's message, never
+    local variables; App's repr hides its secret, so an exception that names its app is safe.
     """
 
     __slots__ = ("_clock", "_interval", "_logger", "_state")
@@ -63,7 +68,9 @@ class ThrottledLog:
         self._clock = clock
         self._state: dict[str, tuple[float, int]] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> bool:
+    def warning(
+        self, key: str, message: str, *args: object, exc_info: BaseException | None = None
+    ) -> bool:
         """Log `message` unless this key logged less than `interval` ago; True if it did."""
         now = self._clock()
         last = self._state.get(key)
@@ -74,8 +81,11 @@ class ThrottledLog:
         held_back = 0 if last is None else last[1]
         if held_back:
             self._logger.warning(
-                message + " (and %d more since the last such line)", *args, held_back
+                message + " (and %d more since the last such line)",
+                *args,
+                held_back,
+                exc_info=exc_info,
             )
         else:
-            self._logger.warning(message, *args)
+            self._logger.warning(message, *args, exc_info=exc_info)
         return True

@@ -101,10 +101,14 @@ async def test_alerts_accepted_during_a_redis_outage_reach_everyone_once(
 
 
 async def test_a_dead_reader_task_restarts_and_catches_up(
-    start_server: ServerFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    start_server: ServerFactory,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An unexpected exception in the reader (a fault no client can cause, hence the
-    monkeypatch) ends the task; it is counted, restarted, and reads on from its last id."""
+    monkeypatch) ends the task; it is counted, logged with its stack, restarted, and reads
+    on from its last id."""
     shared = {
         "scaling_enabled": True,
         "scaling_channel": f"reader-fault-{time.time_ns()}",
@@ -136,6 +140,9 @@ async def test_a_dead_reader_task_restarts_and_catches_up(
     assert json.loads(message["data"]) == {"n": 1}
     await client.nothing(0.5)
     assert failures and link_one.restarts["reader"] == 1
+    ended = [r for r in caplog.records if "reader task ended" in r.getMessage()]
+    assert len(ended) == 1 and ended[0].exc_info is not None
+    assert "failing_once" in caplog.text
     assert link_one.connected
     # Converged: the other replica sees this one's subscriber again after the resync.
     channels = await two.call(two.sdk().channels_info)

@@ -102,7 +102,7 @@ class AppHub:
         self.reconfigure(app, hooks)
         # Warnings about refusals this app's clients can cause at will: one line per reason
         # every 10 s, with the count of those held back.
-        self.refusal_log = ThrottledLog(logging.getLogger("reverb_py.session"))
+        self.refusal_log = ThrottledLog(logging.getLogger("reverb_py.session"), clock=clock)
 
     def reconfigure(self, app: App, hooks: HubHooks) -> None:
         """The app's settings changed (the database app store): every open session follows

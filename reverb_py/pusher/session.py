@@ -165,10 +165,10 @@ class Session:
             stats.message_rejected("internal_error")
             self.hub.refusal_log.warning(
                 "internal_error",
-                "unexpected %s handling a message for app %s: %s",
+                "unexpected %s handling a message for app %s",
                 type(exc).__name__,
                 self.app.id,
-                str(exc)[:200],
+                exc_info=exc,
             )
             self._send(messages.error(ErrorCode.RECONNECT, "Internal server error"))
 

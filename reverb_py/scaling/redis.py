@@ -202,13 +202,17 @@ class RedisLink:
         delay = RETRY_MIN_SECONDS
         while True:
             started = self.clock()
+            bug: Exception | None = None  # what is not Redis or the network: log its stack
             try:
                 await run()
                 reason = "returned"
             except asyncio.CancelledError:
                 raise
+            except (RedisError, OSError) as exc:
+                reason = _describe(exc)
             except Exception as exc:  # the point is to survive anything
                 reason = _describe(exc)
+                bug = exc if "@" not in str(exc) else None  # see _describe: a URL's password
             self.restarts[name] += 1
             if name == "reader":
                 self._link_lost(reason)
@@ -220,6 +224,7 @@ class RedisLink:
                 name,
                 reason,
                 delay,
+                exc_info=bug,
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
