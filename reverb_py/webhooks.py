@@ -83,6 +83,7 @@ class Target:
         "pending_cache_misses",
         "queue",
         "queue_size",
+        "retired",
         "share",
         "wake",
     )
@@ -106,6 +107,8 @@ class Target:
         self.delivered = 0
         self.dropped: dict[str, int] = {}
         self.failed_attempts = 0
+        # The app is gone: its sender sends what is queued, then ends (Webhooks.remove).
+        self.retired = False
 
     def offer(self, item: Item, now: float, cause: str | None = None) -> None:
         if len(self.queue) >= self.queue_size:
@@ -291,7 +294,7 @@ class AppWebhooks:
             self.emit(item, now, cause)
 
     def flush(self) -> None:
-        """On shutdown: what is still delayed goes out now rather than never."""
+        """On shutdown or the app's deletion: what is still delayed goes out now, not never."""
         for _, item, cause in self.delayed.values():
             self.emit(item, cause=cause)
         self.delayed.clear()
@@ -345,7 +348,7 @@ class Webhooks:
         request); changed URLs start afresh and what the old ones still held is dropped."""
         hooks = self.apps.get(app.id)
         if hooks is None or hooks.app.webhooks != app.webhooks:
-            self.remove(app.id)
+            self._discard(app.id)
             return self.add(app)
         hooks.app = app
         for target in hooks.targets:
@@ -353,6 +356,25 @@ class Webhooks:
         return hooks
 
     def remove(self, app_id: str) -> None:
+        """The app was deleted: its connections were just closed, and the receiver is told.
+
+        The `channel_vacated` and `member_removed` events that closing them decided (and those
+        still delayed from before) would otherwise be lost, and a receiver that tracks who is
+        online or which channels are occupied would keep stale state forever. They go out now,
+        without the delay (no client can come back to this app), once, to the URLs the app had
+        and signed with the secret it had; with the usual retries. Then its senders end."""
+        hooks = self.apps.pop(app_id, None)
+        if hooks is None:
+            return
+        hooks.flush()
+        for target in hooks.targets:
+            if target in self._tasks:
+                target.retired = True
+                target.wake.set()
+            else:  # not started: nothing could send them
+                target.discard_queue("app_changed")
+
+    def _discard(self, app_id: str) -> None:
         hooks = self.apps.pop(app_id, None)
         if hooks is None:
             return
@@ -375,23 +397,27 @@ class Webhooks:
         while (
             self._tasks
             and self._clock() < deadline
-            and any(target.queue or target.in_flight for target in self.targets())
+            and any(target.queue or target.in_flight for target in self._tasks)
         ):
             await self._sleep(0.02)
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._client is not None:
             await self._client.aclose()
-        for target in self.targets():
+        for target in {*self.targets(), *self._tasks}:  # with a deleted app's last events
             target.discard_queue("shutdown")
 
     async def _send_forever(self, target: Target) -> None:
         settings = self.settings
         while True:
             if not target.queue:
+                if target.retired:
+                    del self._tasks[target]
+                    return
                 target.wake.clear()
                 await target.wake.wait()
             if settings.webhook_batch_window:

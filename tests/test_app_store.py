@@ -147,6 +147,40 @@ async def test_webhooks_follow_added_hooks_and_rotated_secrets(start_server: Any
         receiver.close()
 
 
+async def test_a_deleted_apps_last_webhooks_go_out_at_once(start_server: Any) -> None:
+    """Deleting an app closes its connections; the channel_vacated and member_removed events
+    that decides go out now (not after the delay, not never), once, to the URL the app had and
+    signed with the secret it had (the receiver validates with the official SDK)."""
+    tenant = App(id="77", key="tenant-key", secret="tenant-secret")
+    receiver = Receiver(app_key=tenant.key, secret=tenant.secret)
+    try:
+        kinds = ("channel_occupied", "channel_vacated", "member_added", "member_removed")
+        tenant = replace(tenant, webhooks=(Webhook(url=receiver.url, event_types=kinds),))
+        # A delay no test waits for: what arrives after the deletion came from the deletion.
+        running = await start_server(webhook_delay=600, webhook_batch_window=0.02)
+        running.server.store.replace([APP, tenant])
+        client = await running.connect(tenant.key)
+        await client.subscribe("alerts")
+        signed = sdk(running.port, tenant).authenticate(
+            "presence-room", client.socket_id, {"user_id": "alice"}
+        )
+        await client.subscribe("presence-room", signed["auth"], signed["channel_data"])
+        assert len(await receiver.wait_for(3)) == 3  # two channel_occupied, one member_added
+
+        running.server.store.replace([APP])
+        await closed_with(client, 4001)
+        events = await receiver.wait_for(6)
+        assert sorted((e["name"], e["channel"]) for e in events[3:]) == [
+            ("channel_vacated", "alerts"),
+            ("channel_vacated", "presence-room"),
+            ("member_removed", "presence-room"),
+        ]
+        await asyncio.sleep(0.3)
+        assert len(receiver.events()) == 6  # once
+    finally:
+        receiver.close()
+
+
 async def test_a_configured_app_can_be_disabled(start_server: Any, tmp_path: Any) -> None:
     """`enabled = false` in TOML (or REVERB_APP_ENABLED=false) refuses like the database."""
     config = tmp_path / "apps.toml"
