@@ -120,7 +120,12 @@ async def test_presence_is_cluster_wide(replicas: Any) -> None:
     roster = await join(a, alice, "presence-guards", "alice")
     assert roster["ids"] == ["alice"]
     bob = await b.connect()
-    await asyncio.sleep(0.1)
+
+    def b_sees_alice() -> bool:  # alice's join travels to b through Redis, asynchronously
+        users = b.sdk().users_info("presence-guards")["users"]
+        return [u["id"] for u in users] == ["alice"]
+
+    await eventually(b_sees_alice)
     roster = await join(b, bob, "presence-guards", "bob")
     assert sorted(roster["ids"]) == ["alice", "bob"]  # the roster includes the other replica
     added = await alice.expect("pusher_internal:member_added")
