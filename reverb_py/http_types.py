@@ -27,16 +27,20 @@ class HttpRequest:
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def query(self) -> list[tuple[str, str]]:
-        text = self.query_string
-        if "%" in text or "+" in text:
-            return parse_qsl(text, keep_blank_values=True)
-        # Signed API queries are plain `k=v&k=v`: skip the general parser's unquoting.
-        pairs = []
-        for pair in text.split("&"):
-            if pair:
-                key, _, value = pair.partition("=")
-                pairs.append((key, value))
-        return pairs
+        return parse_query(self.query_string)
+
+
+def parse_query(text: str) -> list[tuple[str, str]]:
+    """The `(name, value)` pairs of a query string, blank values kept."""
+    if "%" in text or "+" in text:
+        return parse_qsl(text, keep_blank_values=True)
+    # Signed API queries are plain `k=v&k=v`: skip the general parser's unquoting.
+    pairs = []
+    for pair in text.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            pairs.append((key, value))
+    return pairs
 
 
 @dataclass(slots=True)

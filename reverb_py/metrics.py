@@ -365,5 +365,8 @@ class MetricsApplication:
             return error_response(405, "Method not allowed", (("Allow", "GET"),))
         return self.metrics.response()
 
+    def answer_post(self, target: bytes, body: bytes) -> None:
+        return None  # every request goes through handle_http
+
     def route_websocket(self, request: HttpRequest) -> HttpResponse:
         return error_response(404, "Not found")

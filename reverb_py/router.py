@@ -233,6 +233,17 @@ class Router:
             return self.metrics()
         return error_response(404, "Not found")
 
+    def answer_post(self, target: bytes, body: bytes) -> HttpResponse | None:
+        """`POST {path}/apps/{id}/events`, the backend's trigger, from its target and body
+        alone (the transport then builds no request object); any other POST goes the
+        general way, through `handle_http`, which would route this one the same."""
+        raw_path, _, query = target.partition(b"?")
+        full = raw_path.decode("latin-1")
+        path = self._strip_prefix(full)
+        if path is None or not path.startswith("/apps/") or not path.endswith("/events"):
+            return None
+        return self.api.answer_events(full, path, query.decode("latin-1"), body)
+
     def _readiness(self) -> HttpResponse:
         """Ready means "can serve": only a drain fails it. A replica whose link to the others
         is down still serves its clients and the HTTP API, so it says so in the body instead."""

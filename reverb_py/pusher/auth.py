@@ -10,13 +10,28 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Protocol
 
 TIMESTAMP_WINDOW_SECONDS = 600
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+
+    def update(self, msg: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 @lru_cache(maxsize=256)
-def _keyed(secret: str) -> hmac.HMAC:
-    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+def _keyed(secret: str) -> _Mac:
+    """OpenSSL's HMAC object itself where there is one: hmac.HMAC wraps each of its methods
+    in a Python call, which a signed request pays three times."""
+    try:
+        from _hashlib import hmac_new
+    except ImportError:  # a Python built without OpenSSL
+        return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+    return hmac_new(secret.encode(), b"", "sha256")
 
 
 def sign(secret: str, string_to_sign: str) -> str:
@@ -110,10 +125,9 @@ def verify_api_request(
         )
     given_md5 = values.get("body_md5")
     if body or given_md5 is not None:
-        actual_md5 = hashlib.md5(body).hexdigest()
         if given_md5 is None:
             raise ApiAuthError("Missing body_md5 for a request with a body")
-        if not _matches(actual_md5, given_md5):
+        if not _matches(hashlib.md5(body).hexdigest(), given_md5):
             raise ApiAuthError("body_md5 does not match the request body")
     signature = values.get("auth_signature")
     if not signature:

@@ -17,7 +17,13 @@ from urllib.parse import unquote
 import orjson
 
 from reverb_py.config import App
-from reverb_py.http_types import HttpRequest, HttpResponse, error_response, json_response
+from reverb_py.http_types import (
+    HttpRequest,
+    HttpResponse,
+    error_response,
+    json_response,
+    parse_query,
+)
 from reverb_py.latency import DeliveryLatency
 from reverb_py.pusher import auth, messages
 from reverb_py.pusher.channels import (
@@ -87,6 +93,24 @@ class HttpApi:
             return error_response(401, "Unknown auth_key")
         return self._handle_for(hub, request, path.split("/")[1:])
 
+    def answer_events(self, full: str, path: str, query: str, body: bytes) -> HttpResponse | None:
+        """`POST .../apps/{id}/events` from the parts of the request it uses: `full` is the
+        path as sent, `path` that without the server prefix. The same checks, in the same
+        order and with the same answers, as `handle` gives it, without a request object or
+        the routing of the other endpoints; None if `path` is not that of a known app's
+        events (`handle` then answers)."""
+        parts = path.split("/")  # ['', 'apps', id, 'events']
+        hub = self.hubs.get(parts[2]) if len(parts) == 4 and parts[3] == "events" else None
+        if hub is None:
+            return None
+        try:
+            self._verify(hub, "POST", full, parse_query(query), body)
+            response = self._trigger(hub, body)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message)
+        hub.stats.api_request("events", response.status)
+        return response
+
     def _handle_for(self, hub: ApiHub, request: HttpRequest, route: list[str]) -> HttpResponse:
         endpoint = "unknown"
         try:
@@ -95,9 +119,7 @@ class HttpApi:
             if request.method != method:
                 response = error_response(405, "Method not allowed", (("Allow", method),))
             else:
-                self._verify(hub, request)
-                if not hub.app.enabled:  # after the signature: strangers learn nothing
-                    raise ApiError(403, "Application is disabled")
+                self._verify(hub, method, request.path, request.query(), request.body)
                 response = handler(hub, request, route)
         except ApiError as exc:
             response = error_response(exc.status, exc.message)
@@ -124,19 +146,25 @@ class HttpApi:
                 return self._terminate, "POST"
         raise ApiError(404, "Not found")
 
-    def _verify(self, hub: ApiHub, request: HttpRequest) -> None:
+    def _verify(
+        self, hub: ApiHub, method: str, path: str, params: list[tuple[str, str]], body: bytes
+    ) -> None:
+        """The signature, then whether the app is enabled: strangers learn nothing."""
+        app = hub.app
         try:
             auth.verify_api_request(
-                key=hub.app.key,
-                secret=hub.app.secret,
-                method=request.method,
-                paths=self._signed_paths(request.path),
-                params=request.query(),
-                body=request.body,
+                key=app.key,
+                secret=app.secret,
+                method=method,
+                paths=self._signed_paths(path),
+                params=params,
+                body=body,
                 now=self.clock(),
             )
         except auth.ApiAuthError as exc:
             raise ApiError(401, str(exc)) from None
+        if not app.enabled:
+            raise ApiError(403, "Application is disabled")
 
     def _signed_paths(self, full: str) -> Iterator[str]:
         """The path as sent first; the other spellings are only computed if that fails."""
@@ -147,7 +175,10 @@ class HttpApi:
     # Publishing --------------------------------------------------------------------------
 
     def _events(self, hub: ApiHub, request: HttpRequest, _: list[str]) -> HttpResponse:
-        event = parse_event(hub.app, _json_body(request), allow_channels=True)
+        return self._trigger(hub, request.body)
+
+    def _trigger(self, hub: ApiHub, body: bytes) -> HttpResponse:
+        event = parse_event(hub.app, _json_body(body), allow_channels=True)
         self._publish(hub, event)
         if not event.info:
             return _EMPTY
@@ -156,7 +187,7 @@ class HttpApi:
         )
 
     def _batch_events(self, hub: ApiHub, request: HttpRequest, _: list[str]) -> HttpResponse:
-        events = parse_batch(hub.app, _json_body(request))
+        events = parse_batch(hub.app, _json_body(request.body))
         for event in events:
             self._publish(hub, event)
         if not any(event.info for event in events):
@@ -299,9 +330,9 @@ def parse_event(app: App, body: Any, *, allow_channels: bool) -> Event:
     return Event(name, data, tuple(channels), socket_id, attributes)
 
 
-def _json_body(request: HttpRequest) -> Any:
+def _json_body(body: bytes) -> Any:
     try:
-        return orjson.loads(request.body or b"{}")
+        return orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
         raise ApiError(400, "The request body is not valid JSON") from None
 

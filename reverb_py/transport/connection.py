@@ -77,6 +77,12 @@ class WebSocketEndpoint(Protocol):
 class HttpApplication(Protocol):
     def handle_http(self, request: HttpRequest) -> HttpResponse: ...
 
+    def answer_post(self, target: bytes, body: bytes) -> HttpResponse | None:
+        """A POST answered from its target and body alone, or None to have it handled the
+        general way (`handle_http`). This is the signed trigger's fast path: a backend's
+        `POST /apps/{id}/events` needs neither the headers nor a request object."""
+        ...
+
     def route_websocket(self, request: HttpRequest) -> WebSocketEndpoint | HttpResponse: ...
 
 
@@ -219,7 +225,8 @@ class Connection(asyncio.Protocol):
         self._registry = registry
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        # Raw, decoded only if a request object is built: the trigger's fast path never does.
+        self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
         # Bytes received while the current request head is unfinished: httptools keeps a
@@ -447,15 +454,19 @@ class Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
+        # A body announced too large is refused before it arrives. llhttp refuses a second
+        # Content-Length before calling this, and bytes.isdigit() means ASCII digits only.
+        if (
+            len(name) == 14
+            and name.lower() == b"content-length"
+            and value.isdigit()
+            and int(value) > self._limits.max_body
+        ):
+            raise _Refused("body_too_large", error_response(413, "Request body too large"))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        for name, value in self._headers:
-            if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
-                if value.isascii() and int(value) <= self._limits.max_body:
-                    return
-                raise _Refused("body_too_large", error_response(413, "Request body too large"))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -471,21 +482,37 @@ class Connection(asyncio.Protocol):
         self._head_fed = 0
         if parser.should_upgrade():
             return  # handled when feed_data raises HttpParserUpgrade
-        request = self._build_request(parser)
         self._requests_in_read += 1
-        self._dispatch(request)
+        url = self._url
+        # A POST with a plain origin-form target (one _build_request cannot refuse) may be
+        # answered without a request object: HttpApplication.answer_post.
+        if parser.get_method() == b"POST" and url[:1] == b"/" and b"#" not in url:
+            body = self._body
+            try:
+                response = self._app.answer_post(url, body[0] if len(body) == 1 else b"".join(body))
+            except Exception:
+                path = url.partition(b"?")[0][:200].decode("latin-1")
+                logger.exception("HTTP handler failed for POST %s", path)
+                response = error_response(500, "Internal server error")
+            if response is not None:
+                self._write_response(response, parser.should_keep_alive())
+                return
+        self._dispatch(self._build_request(parser))
 
     def _build_request(self, parser: httptools.HttpRequestParser) -> HttpRequest:
         path, query = _split_target(self._url)
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
+        ]
         return HttpRequest(
             method=parser.get_method().decode("latin-1"),
             path=path.decode("latin-1"),
             query_string=query.decode("latin-1"),
-            headers={name.lower(): value for name, value in self._headers},
+            headers={name.lower(): value for name, value in headers},
             body=b"".join(self._body),
             client_ip=self.client_ip,
             keep_alive=parser.should_keep_alive(),
-            raw_headers=self._headers,
+            raw_headers=headers,
         )
 
     # HTTP responses ------------------------------------------------------------------------
