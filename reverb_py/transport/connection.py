@@ -591,6 +591,7 @@ class Connection(asyncio.Protocol):
             return
         self.send(accepted)  # one write with the frames the handler queues on open
         self._headers = []
+        self._url = b""
         self.ws = FrameReader(endpoint.max_message_size)
         self.handler = endpoint.open(self)
         if rest and self.transport is not None:
