@@ -55,7 +55,7 @@ _FEED_PER_TURN = 16384
 MAX_MESSAGES_PER_TURN = 64
 # A round of WebSocket writes is cut into this many slices (of at least MIN_SLICE sockets),
 # with the loop reading between them: see WriteCoalescer.
-ROUND_SLICES = 4
+ROUND_SLICES = 8
 MIN_SLICE = 16
 _UNSTAMPED = -1.0  # a request began since the last sweep, which stamps it with its time
 
