@@ -79,10 +79,6 @@ def valid_user_id(user_id: str, max_length: int) -> bool:
     return 0 < len(user_id) <= max_length and _NAME_CHARS.fullmatch(user_id) is not None
 
 
-def server_to_user_channel(user_id: str) -> str:
-    return SERVER_TO_USER_PREFIX + user_id
-
-
 def user_key(user_id: object) -> str:
     """Presence members are one per user id whatever its JSON type (1 and "1" are one user),
     while the roster echoes the id with the type it came with, as Reverb's clients expect."""
