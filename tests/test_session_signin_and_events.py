@@ -17,6 +17,7 @@ from reverb_py.pusher.auth import sign
 from tests.conftest import PusherSocket, Running, ServerFactory, app_with
 from tests.test_channels import private_pair
 from tests.test_features import sign_in, watchlist_events
+from tests.test_session_liveness import new_session
 
 
 def signed_user_data(running: Running, client: PusherSocket, user_data: str) -> dict[str, str]:
@@ -245,6 +246,19 @@ async def test_frames_after_the_server_closed_the_session_are_ignored(
     assert await closed_by_server(client) == 4301
     stats = running.server.router.hubs_by_id["1234"].stats
     assert stats.messages_received == 2
+
+
+def test_a_closed_session_ignores_what_still_arrives() -> None:
+    """The transport stops handing frames over once it closes (the test above); the session
+    keeps the same rule itself, so bytes fed to it after its close are neither answered nor
+    counted."""
+    session, socket = new_session()
+    session.close(messages.ErrorCode.RECONNECT, "Server is shutting down, reconnect")
+    assert socket.closed_with == 4200
+    socket.frames.clear()
+    session.on_message(b'{"event":"pusher:ping"}', binary=False)
+    assert socket.frames == []
+    assert session.stats.messages_received == 0
 
 
 async def test_drain_passes_over_a_socket_its_client_closed_meanwhile(
