@@ -212,7 +212,7 @@ async def test_a_bug_handling_one_message_answers_4200_and_the_socket_stays(
 
     def parse_or_fail(data: bytes) -> messages.ClientMessage:
         if b"client-boom" in data:
-            raise KeyError("a bug " + "x" * 500)
+            raise KeyError("a bug")
         return parse(data)
 
     monkeypatch.setattr(messages, "parse_client_message", parse_or_fail)
@@ -221,9 +221,9 @@ async def test_a_bug_handling_one_message_answers_4200_and_the_socket_stays(
         await client.send("client-boom", {}, channel="private-x")
         error = await client.expect("pusher:error")
     assert error["data"] == {"code": 4200, "message": "Internal server error"}
-    warning = next(r.getMessage() for r in caplog.records if r.name == "reverb_py.session")
-    assert warning.startswith("unexpected KeyError handling a message for app 1234: 'a bug x")
-    assert len(warning) < 300  # the exception text is cut, a client cannot flood the log
+    warning = next(r for r in caplog.records if r.name == "reverb_py.session")
+    assert warning.getMessage() == "unexpected KeyError handling a message for app 1234"
+    assert warning.exc_info is not None and isinstance(warning.exc_info[1], KeyError)
     hub = running.server.router.hubs_by_id["1234"]
     assert hub.stats.messages_rejected == {"internal_error": 1}
     await client.send("pusher:ping")
