@@ -115,8 +115,8 @@ core_tests=(
   tests/test_auth.py tests/test_messages.py tests/test_channels.py tests/test_limits.py
   tests/test_websocket_protocol.py tests/test_session_liveness.py
   tests/test_session_signin_and_events.py tests/test_features.py tests/test_http_api.py
-  tests/test_http_api_answers.py tests/test_hub_delivery.py tests/test_hub_parts.py
-  tests/test_webhooks.py tests/test_app_store.py tests/test_cluster_core.py
+  tests/test_http_api_answers.py tests/test_trigger_fast_path.py tests/test_hub_delivery.py
+  tests/test_hub_parts.py tests/test_webhooks.py tests/test_app_store.py tests/test_cluster_core.py
 )
 set +e
 core=0
