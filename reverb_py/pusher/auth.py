@@ -35,9 +35,9 @@ def _keyed(secret: str) -> _Mac:
 
 
 def sign(secret: str, string_to_sign: str) -> str:
-    """HMAC-SHA256, hex. A context keyed once per secret is copied for each message: 2.9 us
-    against 4.4 us for `hmac.digest`, which sets up OpenSSL's HMAC afresh on every call, and
-    every signed API request and private subscription signs at least once."""
+    """HMAC-SHA256, hex. A context keyed once per secret is copied for each message, cheaper
+    than `hmac.digest`, which sets up OpenSSL's HMAC afresh on every call, and every signed API
+    request and private subscription signs at least once."""
     mac = _keyed(secret).copy()
     mac.update(string_to_sign.encode())
     return mac.hexdigest()

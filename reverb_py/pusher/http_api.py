@@ -47,7 +47,7 @@ class ApiError(Exception):
 
 class Event(NamedTuple):
     """One event to publish; a NamedTuple because one is built per trigger (a frozen dataclass
-    cost 1.6 us to construct)."""
+    costs several times as much to construct)."""
 
     name: str
     data: str
