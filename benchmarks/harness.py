@@ -1,4 +1,4 @@
-"""The Python cost of one signed trigger and of one connect+subscribe, without sockets.
+"""The Python cost of one signed trigger, one connect+subscribe and one delivery, without sockets.
 
 A loopback benchmark on a shared machine is noisy; the instructions the interpreter executes
 for one request are not. This feeds the bytes the load generator sends (the same signed
@@ -10,6 +10,14 @@ counts instructions with callgrind: the difference between a run of `--count N` 
     .venv/bin/python -m benchmarks.harness trigger            # instructions per trigger
     .venv/bin/python -m benchmarks.harness connect --rev main # per connect+subscribe, at main
     .venv/bin/python -m benchmarks.harness connect --memory   # Python bytes held per connection
+    .venv/bin/python -m benchmarks.harness delivery --subscribers 1000 --per-round 4
+
+`delivery` subscribes `--subscribers` sockets to one channel and broadcasts `--count` events
+through the app's hub, `--per-round` of them before the write coalescer runs (the frames one
+socket write then carries), on uvloop; the difference is divided by the extra deliveries
+(broadcasts times subscribers). The server's time on a real run is this plus the loopback send
+per write (see benchmarks/README.md, "The generator's ceiling"), which no harness without
+sockets can show.
 
 `--rev` runs `reverb_py/` as it was at a git revision (extracted as `run --server
 reverb-py@REV` does), so a change and its parent are counted on the same interpreter.
@@ -18,6 +26,7 @@ reverb-py@REV` does), so a change and its parent are counted on the same interpr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import os
@@ -32,38 +41,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fake_transport import CountingTransport, FakeTransport
+
 APP_ID, KEY, SECRET = "app-id", "app-key", "app-secret"
 CHANNELS_PER_SOCKET = 11
+CHANNEL = "fanout"
 _TOTAL = re.compile(rb"^summary:\s*(\d+)", re.MULTILINE)
 
 
-class Transport:
-    """What a Connection needs of an asyncio transport; keeps only the answers' status lines."""
+class StatusTransport(FakeTransport):
+    """Keeps only the answers' status lines: a trigger's answer is all its count checks."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.statuses: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         if data.startswith(b"HTTP/1.1 "):
             self.statuses.append(data[9:12])
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        return None
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
-        return None
 
 
 class Loop:
@@ -113,6 +108,14 @@ def _masked_text(payload: bytes) -> bytes:
     return Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
 
 
+SUBSCRIBE = _masked_text(b'{"event":"pusher:subscribe","data":{"channel":"%s"}}' % CHANNEL.encode())
+# About the size of the generator's benchmark event (its send time and some padding).
+PAYLOAD = (
+    b'{"event":"bench","channel":"fanout","data":"{\\"t\\":1234567890123,\\"pad\\":\\"%s\\"}"}'
+    % (b"x" * 16)
+)
+
+
 def subscribes(sequence: int) -> bytes:
     """The eleven subscribes of one `connections` socket, as one read."""
     return b"".join(
@@ -124,7 +127,11 @@ def subscribes(sequence: int) -> bytes:
 
 
 class Harness:
-    def __init__(self) -> None:
+    """A router and a write coalescer for fake transports. The coalescer runs on `loop` when one
+    is given (the delivery count runs on uvloop), else on the harness's own `Loop`, which
+    `triggers` and `connects` turn themselves."""
+
+    def __init__(self, loop: Any = None) -> None:
         from reverb_py.config import App, Settings
         from reverb_py.router import Router
         from reverb_py.scaling.cluster import Cluster
@@ -133,7 +140,7 @@ class Harness:
 
         settings = Settings(host="127.0.0.1", port=0, apps=(App(APP_ID, KEY, SECRET),))
         self.router = Router(settings, Cluster("harness", 10.0), Webhooks(settings))
-        self.loop = Loop()
+        self.loop = Loop() if loop is None else loop
         # the revisions before the delivery-latency histogram had no second argument
         latency = getattr(self.router.api, "delivery_latency", None)
         extra = () if latency is None else (latency,)
@@ -145,13 +152,12 @@ class Harness:
         )
         self.registry: set[Any] = set()
 
-    def connection(self) -> tuple[Any, Transport]:
+    def connection(self, transport: FakeTransport) -> Any:
         from reverb_py.transport.connection import Connection
 
         connection = Connection(self.router, self.coalescer, self.limits, self.registry)
-        transport = Transport()
         connection.connection_made(transport)  # type: ignore[arg-type]
-        return connection, transport
+        return connection
 
     def triggers(self, count: int) -> list[bytes]:
         """`count` triggers on one keep-alive connection, one request per read as the
@@ -159,7 +165,8 @@ class Harness:
         time, so that building requests costs the count nothing (the server keeps no memory of
         the triggers it has seen)."""
         request = trigger_request(0)
-        connection, transport = self.connection()
+        transport = StatusTransport()
+        connection = self.connection(transport)
         for _ in range(count):
             connection.data_received(request)
             self.loop.run_ready()
@@ -170,7 +177,7 @@ class Harness:
         variants = [subscribes(i) for i in range(100)]  # built once: not part of the count
         connections = []
         for i in range(count):
-            connection, _ = self.connection()
+            connection = self.connection(StatusTransport())
             connection.data_received(UPGRADE)
             self.loop.run_ready()
             connection.data_received(variants[i % 100])
@@ -179,9 +186,41 @@ class Harness:
         return connections
 
 
-def run(operation: str, count: int) -> None:
+async def _drain() -> None:
+    """Loop turns until the coalescer has written every round (its slices, one per turn)."""
+    for _ in range(16):
+        await asyncio.sleep(0)
+
+
+async def fan_out(subscribers: int, per_round: int, broadcasts: int) -> CountingTransport:
+    """`broadcasts` events to `subscribers` sockets of CHANNEL; the last socket's transport."""
+    harness = Harness(asyncio.get_running_loop())
+    transports = [CountingTransport() for _ in range(subscribers)]
+    for transport in transports:
+        connection = harness.connection(transport)
+        connection.data_received(UPGRADE)
+        connection.data_received(SUBSCRIBE)
+    await _drain()
+    hub = harness.router.hubs_by_id[APP_ID]
+    assert len(hub.channels[CHANNEL].subscribers) == subscribers
+    for done in range(0, broadcasts, per_round):
+        for _ in range(min(per_round, broadcasts - done)):
+            hub.broadcast(CHANNEL, PAYLOAD)
+        await _drain()
+    return transports[-1]
+
+
+def run(args: argparse.Namespace, count: int) -> None:
+    """The counted child: `count` operations, checked so that a failing one is not counted."""
+    if args.operation == "delivery":
+        import uvloop
+
+        last = uvloop.run(fan_out(args.subscribers, args.per_round, count))
+        if last.writes == 0:
+            raise SystemExit("the last subscriber was written nothing")
+        return
     harness = Harness()
-    if operation == "trigger":
+    if args.operation == "trigger":
         statuses = harness.triggers(count)
         if statuses != [b"200"] * count:
             raise SystemExit(f"not every trigger was answered 200: {set(statuses)}")
@@ -205,8 +244,8 @@ def memory(count: int) -> float:
     return (after - before) / count
 
 
-def instructions(operation: str, count: int, rev: str | None) -> float:
-    """Instructions per operation: callgrind's total for 2*count minus that for count."""
+def instructions(args: argparse.Namespace, count: int) -> int:
+    """Callgrind's total for 2*count operations minus that for count."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is needed: apt-get install valgrind")
@@ -216,21 +255,29 @@ def instructions(operation: str, count: int, rev: str | None) -> float:
         for n in (count, 2 * count):
             out = Path(scratch) / f"callgrind.{n}"
             command = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-            command += [sys.executable, "-m", "benchmarks.harness", operation, "--run", str(n)]
-            command += ["--rev", rev] if rev else []
+            command += [sys.executable, "-m", "benchmarks.harness", args.operation, "--run", str(n)]
+            command += ["--subscribers", str(args.subscribers), "--per-round", str(args.per_round)]
+            command += ["--rev", args.rev] if args.rev else []
             subprocess.run(command, env=env, check=True, capture_output=True)
             match = _TOTAL.search(out.read_bytes())
             assert match is not None, "callgrind wrote no summary"
             totals.append(int(match.group(1)))
-    return (totals[1] - totals[0]) / count
+    return totals[1] - totals[0]
+
+
+DEFAULT_COUNT = {"trigger": 2000, "connect": 500, "delivery": 100}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.harness")
-    parser.add_argument("operation", choices=["trigger", "connect"])
-    parser.add_argument("--count", type=int, default=0, help="operations per measured run")
+    parser.add_argument("operation", choices=list(DEFAULT_COUNT))
+    parser.add_argument(
+        "--count", type=int, default=0, help="operations (for delivery: broadcasts) per run"
+    )
     parser.add_argument("--rev", help="count reverb_py/ as it was at this git revision")
     parser.add_argument("--memory", action="store_true", help="bytes per connection instead")
+    parser.add_argument("--subscribers", type=int, default=1000, help="delivery: sockets")
+    parser.add_argument("--per-round", type=int, default=4, help="delivery: frames per write")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the counted child
     args = parser.parse_args()
     if args.rev:
@@ -238,15 +285,23 @@ def main() -> None:
 
         sys.path.insert(0, str(checkout(args.rev)))
     if args.run is not None:
-        run(args.operation, args.run)
+        run(args, args.run)
         return
     if args.memory:
         if args.operation != "connect":
             raise SystemExit("--memory measures connections")
         print(f"{memory(args.count or 2000):.0f} bytes of Python objects per connection")
         return
-    count = args.count or (2000 if args.operation == "trigger" else 500)
-    per = instructions(args.operation, count, args.rev)
+    count = args.count or DEFAULT_COUNT[args.operation]
+    extra = instructions(args, count)
+    if args.operation == "delivery":
+        print(
+            f"{extra / (count * args.subscribers):,.0f} instructions per delivery "
+            f"({args.subscribers} subscribers, {args.per_round} frames per write, "
+            f"{count} vs {2 * count} broadcasts, callgrind)"
+        )
+        return
+    per = extra / count
     print(f"{per:,.0f} instructions per {args.operation} ({count} vs {2 * count}, callgrind)")
 
 

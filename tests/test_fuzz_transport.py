@@ -19,13 +19,13 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
+from benchmarks.fake_transport import FakeTransport
 from reverb_py.config import Settings
 from reverb_py.server import Server
 from reverb_py.transport.connection import Connection, ConnectionLimits, WriteCoalescer
@@ -97,46 +97,6 @@ def test_frames_written_by_websockets_read_back_whatever_the_chunking(
 
 
 # HTTP request assembly ----------------------------------------------------------------------
-
-
-class FakeTransport:
-    """Just enough of asyncio.Transport for a Connection, recording what it writes."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.closing = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        return None
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
-        return None
 
 
 async def serve_bytes(chunks: list[bytes]) -> bytes:

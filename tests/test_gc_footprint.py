@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from benchmarks.delivery_cost import CHANNEL, SUBSCRIBE, UPGRADE, CountingTransport
+from benchmarks.fake_transport import CountingTransport
+from benchmarks.harness import CHANNEL, SUBSCRIBE, UPGRADE
 from reverb_py.config import Settings
 from reverb_py.server import Server
 from reverb_py.transport.connection import Connection, ConnectionLimits, WriteCoalescer

@@ -22,6 +22,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.fake_transport import FakeTransport
 from reverb_py.config import App, Settings
 from reverb_py.http_types import HttpResponse
 from reverb_py.router import Router
@@ -40,44 +41,6 @@ class GeneralRouter(Router):
     """The router with the fast path declined: every POST goes through handle_http."""
 
     def answer_post(self, target: bytes, body: bytes) -> HttpResponse | None:
-        return None
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.closing = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        return None
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
         return None
 
 
@@ -102,13 +65,13 @@ async def serve(router_class: type[Router], path: str, requests: list[bytes]) ->
     loop = asyncio.get_running_loop()
     coalescer = WriteCoalescer(loop)
     limits = ConnectionLimits(max_body=65536, max_header=4096, write_buffer_limit=1 << 20)
-    subscriber, subscriber_transport = Connection(router, coalescer, limits, set()), Transport()
+    subscriber, subscriber_transport = Connection(router, coalescer, limits, set()), FakeTransport()
     subscriber.connection_made(subscriber_transport)  # type: ignore[arg-type]
     subscriber.data_received(UPGRADE.replace(b"/app/", path.encode() + b"/app/"))
     subscriber.data_received(subscribe_frame("news") + subscribe_frame("cache-news"))
     await asyncio.sleep(0)
     subscribed = len(subscriber_transport.written)
-    backend, backend_transport = Connection(router, coalescer, limits, set()), Transport()
+    backend, backend_transport = Connection(router, coalescer, limits, set()), FakeTransport()
     backend.connection_made(backend_transport)  # type: ignore[arg-type]
     backend.data_received(b"".join(requests))
     for _ in range(3):
