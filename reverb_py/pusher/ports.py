@@ -54,8 +54,9 @@ class Cached(Protocol):
     def event_and_data(self) -> tuple[str, Any]: ...
 
 
-class ApiHub(Protocol):
-    """What the HTTP API reads and asks of one app's hub."""
+class AppScope(Protocol):
+    """What both a session and the HTTP API read of one app's hub: whose it is, where its
+    counters go and what time it is. `ApiHub` and `session.SessionHub` extend it."""
 
     @property
     def app(self) -> App: ...
@@ -65,6 +66,10 @@ class ApiHub(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+
+
+class ApiHub(AppScope, Protocol):
+    """What the HTTP API reads and asks of one app's hub."""
 
     def broadcast(
         self, name: str, payload: bytes, except_socket_id: str | None = None, cache: bool = False

@@ -11,7 +11,6 @@ error frame to this client; nothing here may raise into the transport.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -27,8 +26,7 @@ from reverb_py.pusher.channels import (
     valid_user_id,
 )
 from reverb_py.pusher.messages import ClientMessage, ErrorCode, ProtocolViolation
-from reverb_py.pusher.ports import Cached, Hooks, Socket
-from reverb_py.stats import AppStats
+from reverb_py.pusher.ports import AppScope, Cached, Hooks, Socket
 
 logger = logging.getLogger("reverb_py.session")
 frame_logger = logging.getLogger("reverb_py.frames")
@@ -39,17 +37,8 @@ MAX_WATCHLIST = 100  # Pusher's limit; beyond it the first 100 ids are kept (err
 USER_INFO_HEADROOM = 16
 
 
-class SessionHub(Protocol):
+class SessionHub(AppScope, Protocol):
     """What a session asks of its app's hub (`reverb_py.hub.AppHub` provides it)."""
-
-    @property
-    def app(self) -> App: ...
-
-    @property
-    def stats(self) -> AppStats: ...
-
-    @property
-    def clock(self) -> Callable[[], float]: ...
 
     @property
     def hooks(self) -> Hooks: ...
