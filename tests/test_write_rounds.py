@@ -1,12 +1,14 @@
 """The write coalescer's rounds: HTTP answers first, WebSocket writes in slices with the loop
-running between them, one write per socket per round, frames never reordered or lost."""
+running between them while writes back up, at once otherwise, one write per socket per round,
+frames never reordered or lost."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from reverb_py.transport.connection import MIN_SLICE, ROUND_SLICES, WriteCoalescer
+from reverb_py.transport.connection import BUSY_GAP, MIN_SLICE, ROUND_SLICES, WriteCoalescer
+from tests.clock import ManualClock
 from tests.conftest import Running
 
 
@@ -38,9 +40,18 @@ async def turn() -> None:
     await asyncio.sleep(0)
 
 
+async def busy_coalescer(log: list[tuple[str, list[str]]]) -> WriteCoalescer:
+    """A coalescer whose previous round ended just now (its clock stands still)."""
+    coalescer = WriteCoalescer(asyncio.get_running_loop(), clock=ManualClock())
+    Queued("warm-up", log, True).send(coalescer, "w")
+    await turn()
+    log.clear()
+    return coalescer
+
+
 async def test_a_round_is_written_in_slices_and_answers_go_first() -> None:
-    coalescer = WriteCoalescer(asyncio.get_running_loop())
     log: list[tuple[str, list[str]]] = []
+    coalescer = await busy_coalescer(log)
     count = ROUND_SLICES * MIN_SLICE * 2
     sockets = [Queued(f"ws{i}", log, True) for i in range(count)]
     backend = Queued("http", log, False)
@@ -70,9 +81,24 @@ async def test_a_round_is_written_in_slices_and_answers_go_first() -> None:
     assert all(socket.pending is None for socket in sockets)
 
 
-async def test_small_rounds_are_written_at_once() -> None:
-    coalescer = WriteCoalescer(asyncio.get_running_loop())
+async def test_a_round_after_an_idle_gap_is_written_at_once() -> None:
+    """Slicing only delays the last sockets of a broadcast that nothing else waits behind."""
+    clock = ManualClock()
+    coalescer = WriteCoalescer(asyncio.get_running_loop(), clock=clock)
     log: list[tuple[str, list[str]]] = []
+    sockets = [Queued(f"ws{i}", log, True) for i in range(ROUND_SLICES * MIN_SLICE * 2)]
+    for expected in ("a", "b"):  # the first round ever, then one begun well after the last
+        for socket in sockets:
+            socket.send(coalescer, expected)
+        await turn()
+        assert log == [(socket.name, [expected]) for socket in sockets]
+        log.clear()
+        clock.now += 2 * BUSY_GAP
+
+
+async def test_small_rounds_are_written_at_once() -> None:
+    log: list[tuple[str, list[str]]] = []
+    coalescer = await busy_coalescer(log)
     sockets = [Queued(f"ws{i}", log, True) for i in range(MIN_SLICE)]
     for socket in sockets:
         socket.send(coalescer, "a")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol, cast
 
@@ -57,6 +58,9 @@ MAX_MESSAGES_PER_TURN = 64
 # with the loop reading between them: see WriteCoalescer.
 ROUND_SLICES = 8
 MIN_SLICE = 16
+# A round that begins within this many seconds of the previous round's end is sliced (writes
+# are backing up); one that begins later is written at once (see WriteCoalescer).
+BUSY_GAP = 0.002
 _UNSTAMPED = -1.0  # a request began since the last sweep, which stamps it with its time
 # What a WebSocket connection holds instead of its HTTP request state: shared, and never
 # filled, because only the HTTP parser's callbacks fill them and an upgraded connection has
@@ -130,6 +134,12 @@ class WriteCoalescer:
     a backend with four requests in flight put at most four frames in a write, and loopback
     TCP costs about the same per write whatever its size (benchmarks/README.md, "ceiling").
 
+    Slicing only pays when writes back up: a round that starts from a coalescer idle for
+    BUSY_GAP or longer (a broadcast at 25 per second) is written at once, since spreading it
+    over eight loop iterations only delayed its last sockets (the maximum at 25/s went from
+    about 20 to about 28 ms, docs/performance.md). A round that begins right after the
+    previous one ended is sliced.
+
     `latency` (the HTTP API's) is told, after each slice, how many socket writes had been
     queued when it began and how many are done: a trigger is delivered once every write
     queued by the end of its fan-out is."""
@@ -137,21 +147,28 @@ class WriteCoalescer:
     __slots__ = (
         "_answers",
         "_at",
+        "_clock",
         "_latency",
         "_loop",
         "_next",
         "_queued",
         "_round",
+        "_round_ended",
         "_scheduled",
         "_step",
         "_written",
     )
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, latency: DeliveryLatency | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        latency: DeliveryLatency | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loop = loop
         self._latency = latency
+        self._clock = clock
+        self._round_ended = float("-inf")
         self._answers: list[Connection] = []
         self._round: list[Connection] = []
         self._next: list[Connection] = []
@@ -185,12 +202,17 @@ class WriteCoalescer:
         if at == len(current):
             current, self._next = self._next, []
             self._round, at = current, 0
-            self._step = max(MIN_SLICE, -(-len(current) // ROUND_SLICES))
+            if current and self._clock() - self._round_ended < BUSY_GAP:
+                self._step = max(MIN_SLICE, -(-len(current) // ROUND_SLICES))
+            else:
+                self._step = len(current)
         end = min(at + self._step, len(current))
         for connection in current[at:end]:
             connection.flush()
         self._written += end - at
         if end == len(current):
+            if end:
+                self._round_ended = self._clock()
             current.clear()
             end = 0
         self._at = end
