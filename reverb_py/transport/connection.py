@@ -136,9 +136,9 @@ class WriteCoalescer:
 
     Slicing only pays when writes back up: a round that starts from a coalescer idle for
     BUSY_GAP or longer (a broadcast at 25 per second) is written at once, since spreading it
-    over eight loop iterations only delayed its last sockets (the maximum at 25/s went from
-    about 20 to about 28 ms, docs/performance.md). A round that begins right after the
-    previous one ended is sliced.
+    over eight loop iterations only delayed its last sockets (measured in docs/performance.md,
+    "Same-run table at the end of 2026-12-02"). A round that begins right after the previous
+    one ended is sliced.
 
     `latency` (the HTTP API's) is told, after each slice, how many socket writes had been
     queued when it began and how many are done: a trigger is delivered once every write
